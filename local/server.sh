@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The local development server: PostgreSQL 13 with Multicorn 1.4 and this package, in a Debian bullseye
+# root built with debootstrap under .pgml/ in the checkout.
+#
+#   local/server.sh up      build the root once (about two minutes), then start PostgreSQL on
+#                           127.0.0.1:$PGML_PORT (default 5433) with the database pgml and the extension
+#   local/server.sh down    stop it
+#   local/server.sh psql    a psql prompt on the database pgml, as postgres
+#   local/server.sh run CMD run CMD inside the root, in the checkout (tests, benchmarks, the demo)
+#
+# A development server: the superuser postgres logs in from loopback without a password.
+#
+# Mounts (/proc, and the checkout at /opt/pgml_fdw so code changes reach new connections without a
+# rebuild) live in a private mount namespace that exists only while its processes do: stopping the
+# server, or killing it, leaves nothing mounted, so removing the checkout is always an ordinary rm.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HOME_DIR=${PGML_HOME:-$REPO/.pgml}
+ROOT=$HOME_DIR/root
+PORT=${PGML_PORT:-5433}
+MIRROR=${PGML_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+DATA=/var/lib/pgml/data          # inside the root
+LOG=/var/lib/pgml/postgresql.log # inside the root
+CODE=/opt/pgml_fdw               # where the checkout is mounted inside the root
+PYPKGS=/usr/lib/python3/dist-packages
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'server.sh: %s\n' "$*" >&2; exit 1; }
+
+# Run a command in the root with a clean environment (host variables such as PIP_FIND_LINKS mean
+# nothing in there).
+in_root() {
+    env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+        DEBIAN_FRONTEND=noninteractive PIP_CERT=/etc/ssl/certs/host-ca.crt \
+        PIP_DISABLE_PIP_VERSION_CHECK=1 PGML_PORT="$PORT" CI="${CI:-}" \
+        chroot "$ROOT" "$@"
+}
+
+# Run a command in the root inside a private mount namespace with /proc and the checkout mounted.
+in_namespace() {
+    unshare --mount --propagation private -- bash -euc '
+        root=$1; repo=$2; code=$3; shift 3
+        mount -t proc proc "$root/proc"
+        mount --bind "$repo" "$root$code"
+        exec "$@"' _ "$ROOT" "$REPO" "$CODE" \
+        env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+        PGML_PORT="$PORT" PGML_BENCH_QUICK="${PGML_BENCH_QUICK:-}" CI="${CI:-}" TERM="${TERM:-dumb}" \
+        chroot "$ROOT" "$@"
+}
+
+as_postgres() { in_root su postgres -s /bin/sh -c "$*"; }
+
+# Everything that decides what the root holds; its hash is the build stamp, so a change here (or in
+# the requirements) rebuilds the root, and nothing else does.
+build_root() {
+    local tmp=$HOME_DIR/root.building
+    if ! command -v debootstrap >/dev/null; then
+        say "installing debootstrap on this machine"
+        apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null
+    fi
+    rm -rf --one-file-system "$tmp"
+    say "building a Debian bullseye root in $ROOT (first time only, about two minutes)"
+    debootstrap --variant=minbase --include=ca-certificates bullseye "$tmp" "$MIRROR" >"$HOME_DIR/debootstrap.log" 2>&1 \
+        || die "debootstrap failed; see $HOME_DIR/debootstrap.log"
+    # No services start inside the root during installs, and no default cluster is created.
+    printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d" && chmod +x "$tmp/usr/sbin/policy-rc.d"
+    mkdir -p "$tmp/etc/postgresql-common"
+    echo 'create_main_cluster = false' >"$tmp/etc/postgresql-common/createcluster.conf"
+    cp /etc/ssl/certs/ca-certificates.crt "$tmp/etc/ssl/certs/host-ca.crt"
+    local saved=$ROOT; ROOT=$tmp
+    say "installing PostgreSQL 13, Multicorn and Python 3.9 from Debian"
+    in_root apt-get update -qq
+    in_root apt-get install -y -qq --no-install-recommends postgresql-13 postgresql-13-python3-multicorn \
+        python3-pip python3-psycopg2 >"$HOME_DIR/apt.log" 2>&1 || die "apt-get failed; see $HOME_DIR/apt.log"
+    say "installing the Python packages (local/requirements.txt) from PyPI"
+    cp "$REPO/local/requirements.txt" "$tmp/tmp/requirements.txt"
+    in_root pip3 install -q --no-cache-dir -r /tmp/requirements.txt || die "pip install failed (see above)"
+    in_root apt-get clean
+    # The package is imported from the mounted checkout, and the extension's SQL files are read there.
+    mkdir -p "$tmp$CODE" "$tmp/var/lib/pgml"
+    echo "$CODE" >"$tmp$PYPKGS/pgml_fdw.pth"
+    ROOT=$saved
+    rm -rf --one-file-system "$ROOT"
+    mv "$tmp" "$ROOT"
+}
+
+stamp() { { declare -f build_root; cat "$REPO/local/requirements.txt"; } | sha256sum | cut -c1-16; }
+
+# The extension's files are links into the mounted checkout, so an edited script is what the next
+# CREATE EXTENSION runs.
+link_extension() {
+    local f
+    for f in "$REPO"/sql/pgml_fdw.control "$REPO"/sql/pgml_fdw--*.sql; do
+        ln -sfn "$CODE/sql/$(basename "$f")" "$ROOT/usr/share/postgresql/13/extension/$(basename "$f")"
+    done
+}
+
+running() { [ -f "$ROOT$DATA/postmaster.pid" ] && as_postgres "/usr/lib/postgresql/13/bin/pg_ctl status -D $DATA" >/dev/null 2>&1; }
+
+psql_root() { in_root psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
+
+up() {
+    [ "$(id -u)" = 0 ] || die "run as root: the root is built with debootstrap and chroot"
+    mkdir -p "$HOME_DIR"
+    if [ "$(cat "$HOME_DIR/stamp" 2>/dev/null)" != "$(stamp)" ]; then
+        if [ -d "$ROOT" ] && running; then
+            say "the build recipe changed: stopping the server to rebuild (its databases go with the old root)"
+            down
+        fi
+        build_root
+        stamp >"$HOME_DIR/stamp"
+    fi
+    link_extension
+    if ! [ -f "$ROOT$DATA/PG_VERSION" ]; then
+        say "creating the database cluster"
+        mkdir -p "$ROOT/var/run/postgresql"
+        in_root chown postgres:postgres /var/lib/pgml /var/run/postgresql
+        as_postgres "/usr/lib/postgresql/13/bin/initdb -D $DATA -U postgres --auth=trust -E UTF8 --locale=C.UTF-8" >/dev/null
+        cat >>"$ROOT$DATA/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '/var/run/postgresql'
+dynamic_shared_memory_type = mmap
+max_connections = 100
+shared_buffers = 256MB
+logging_collector = off
+EOF
+    fi
+    if running; then
+        say "already running on 127.0.0.1:$PORT"
+    else
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+            die "port $PORT is taken by another program; choose another with PGML_PORT=NNNN"
+        fi
+        say "starting PostgreSQL 13 on 127.0.0.1:$PORT"
+        in_namespace su postgres -s /bin/sh -c \
+            "/usr/lib/postgresql/13/bin/pg_ctl start -w -D $DATA -l $LOG -o '-p $PORT' >/dev/null" \
+            || die "PostgreSQL did not start; its log: $ROOT$LOG"
+    fi
+    if [ "$(psql_root -At -d postgres -c "SELECT count(*) FROM pg_database WHERE datname = 'pgml'")" = 0 ]; then
+        psql_root -d postgres -c "CREATE DATABASE pgml"
+    fi
+    psql_root -d pgml -c "CREATE EXTENSION IF NOT EXISTS pgml_fdw CASCADE"
+    say "ready: psql -h 127.0.0.1 -p $PORT -U postgres pgml   (or: make psql)"
+}
+
+down() {
+    if [ -d "$ROOT" ] && running; then
+        say "stopping PostgreSQL"
+        as_postgres "/usr/lib/postgresql/13/bin/pg_ctl stop -w -m fast -D $DATA" >/dev/null
+    else
+        say "not running"
+    fi
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    psql) shift; running || die "not running: make up"; psql_root -d pgml "$@" ;;
+    run) shift; [ -d "$ROOT" ] || die "no root yet: make up"; in_namespace sh -c "cd $CODE && exec \"\$@\"" _ "$@" ;;
+    *) die "usage: server.sh up|down|psql|run CMD..." ;;
+esac

@@ -1,0 +1,307 @@
+"""The algorithm catalogue: PostgresML algorithm names mapped to scikit-learn estimators.
+
+Each (name, task) pair is one :class:`Algorithm`.  :func:`make_estimator` builds
+an unfitted estimator from catalogue defaults plus user hyperparameters (which
+arrive as JSON), and turns scikit-learn's parameter validation errors into
+:class:`~pgml_fdw.errors.PgmlError` messages phrased in JSON terms.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import numpy as np
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+    _ArrayLikes,
+    _Booleans,
+    _Constraint,
+    _InstancesOf,
+    _NoneConstraint,
+    _RandomStates,
+    _VerboseHelper,
+    make_constraint,
+)
+
+from pgml_fdw.errors import PgmlError
+from pgml_fdw.jsonsafe import json_safe
+
+TASKS = ("regression", "classification")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One algorithm for one task.
+
+    ``estimator`` is the dotted path of the scikit-learn class; ``defaults``
+    are the hyperparameters we set beyond scikit-learn's own defaults;
+    ``needs_scaling`` says whether features should be standardized by default.
+    """
+
+    name: str
+    task: str
+    estimator: str
+    defaults: Mapping[str, Any] = field(hash=False)  # read-only; not part of the hash (mappings are unhashable)
+    needs_scaling: bool
+    description: str
+
+
+def _entry(
+    name: str,
+    task: str,
+    estimator: str,
+    description: str,
+    needs_scaling: bool = False,
+    **defaults: Any,
+) -> Algorithm:
+    return Algorithm(name, task, estimator, MappingProxyType(defaults), needs_scaling, description)
+
+
+_R, _C = "regression", "classification"
+
+# random_state=0 wherever the estimator has one, so the same data gives the same model.
+# max_iter is raised where scikit-learn's default often stops before converging.
+CATALOGUE: Tuple[Algorithm, ...] = (
+    _entry("linear", _R, "sklearn.linear_model.LinearRegression",
+           "ordinary least squares linear regression"),
+    _entry("linear", _C, "sklearn.linear_model.LogisticRegression",
+           "logistic regression", True, max_iter=1000, random_state=0),
+    _entry("ridge", _R, "sklearn.linear_model.Ridge",
+           "linear regression with L2 regularization", True, random_state=0),
+    _entry("ridge", _C, "sklearn.linear_model.RidgeClassifier",
+           "linear classifier with L2 regularization (no probabilities)", True, random_state=0),
+    _entry("lasso", _R, "sklearn.linear_model.Lasso",
+           "linear regression with L1 regularization (drops weak features)", True,
+           max_iter=10000, random_state=0),
+    _entry("elastic_net", _R, "sklearn.linear_model.ElasticNet",
+           "linear regression with combined L1 and L2 regularization", True,
+           max_iter=10000, random_state=0),
+    _entry("bayesian_ridge", _R, "sklearn.linear_model.BayesianRidge",
+           "ridge regression that estimates its regularization from the data", True),
+    _entry("huber", _R, "sklearn.linear_model.HuberRegressor",
+           "linear regression that is robust to outliers", True, max_iter=1000),
+    _entry("svm", _R, "sklearn.svm.SVR",
+           "support vector machine with an RBF kernel", True),
+    _entry("svm", _C, "sklearn.svm.SVC",
+           "support vector machine with an RBF kernel", True, probability=True, random_state=0),
+    _entry("linear_svm", _R, "sklearn.svm.LinearSVR",
+           "linear support vector machine, fast on large data", True,
+           max_iter=10000, random_state=0),
+    _entry("linear_svm", _C, "sklearn.svm.LinearSVC",
+           "linear support vector machine, fast on large data (no probabilities)", True,
+           max_iter=10000, random_state=0),
+    _entry("knn", _R, "sklearn.neighbors.KNeighborsRegressor",
+           "average of the k nearest training rows", True),
+    _entry("knn", _C, "sklearn.neighbors.KNeighborsClassifier",
+           "majority vote of the k nearest training rows", True),
+    _entry("decision_tree", _R, "sklearn.tree.DecisionTreeRegressor",
+           "a single decision tree", random_state=0),
+    _entry("decision_tree", _C, "sklearn.tree.DecisionTreeClassifier",
+           "a single decision tree", random_state=0),
+    _entry("random_forest", _R, "sklearn.ensemble.RandomForestRegressor",
+           "random forest of decision trees", random_state=0),
+    _entry("random_forest", _C, "sklearn.ensemble.RandomForestClassifier",
+           "random forest of decision trees", random_state=0),
+    _entry("extra_trees", _R, "sklearn.ensemble.ExtraTreesRegressor",
+           "extremely randomized trees", random_state=0),
+    _entry("extra_trees", _C, "sklearn.ensemble.ExtraTreesClassifier",
+           "extremely randomized trees", random_state=0),
+    _entry("gradient_boosting_trees", _R, "sklearn.ensemble.GradientBoostingRegressor",
+           "gradient-boosted decision trees", random_state=0),
+    _entry("gradient_boosting_trees", _C, "sklearn.ensemble.GradientBoostingClassifier",
+           "gradient-boosted decision trees", random_state=0),
+    _entry("hist_gradient_boosting", _R, "sklearn.ensemble.HistGradientBoostingRegressor",
+           "histogram-based gradient boosting, fast on large data", random_state=0),
+    _entry("hist_gradient_boosting", _C, "sklearn.ensemble.HistGradientBoostingClassifier",
+           "histogram-based gradient boosting, fast on large data", random_state=0),
+    _entry("ada_boost", _R, "sklearn.ensemble.AdaBoostRegressor",
+           "AdaBoost ensemble of decision trees", random_state=0),
+    _entry("ada_boost", _C, "sklearn.ensemble.AdaBoostClassifier",
+           "AdaBoost ensemble of decision trees", random_state=0),
+    _entry("bagging", _R, "sklearn.ensemble.BaggingRegressor",
+           "bagged decision trees", random_state=0),
+    _entry("bagging", _C, "sklearn.ensemble.BaggingClassifier",
+           "bagged decision trees", random_state=0),
+    _entry("mlp", _R, "sklearn.neural_network.MLPRegressor",
+           "multi-layer perceptron neural network", True, max_iter=1000, random_state=0),
+    _entry("mlp", _C, "sklearn.neural_network.MLPClassifier",
+           "multi-layer perceptron neural network", True, max_iter=1000, random_state=0),
+)
+
+_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(a.name for a in CATALOGUE))
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def lookup(name: str, task: str) -> Algorithm:
+    """Return the catalogue entry for ``name`` and ``task``.
+
+    Raises PgmlError for an unknown task, an unknown algorithm name (listing
+    all valid names), or a name that does not support the task (listing the
+    tasks it does support).
+    """
+    if task not in TASKS:
+        raise PgmlError(f"unknown task '{task}'", hint=f"use one of: {', '.join(TASKS)}")
+    key = name.strip().lower() if isinstance(name, str) else name
+    entries = [a for a in CATALOGUE if a.name == key]
+    if not entries:
+        raise PgmlError(
+            f"unknown algorithm '{name}'",
+            hint=f"{_did_you_mean(str(key), _NAMES)}valid algorithms: {', '.join(_NAMES)}",
+        )
+    for entry in entries:
+        if entry.task == task:
+            return entry
+    supported = ", ".join(a.task for a in entries)
+    others = ", ".join(a.name for a in CATALOGUE if a.task == task)
+    raise PgmlError(
+        f"algorithm '{key}' does not support {task}",
+        hint=f"'{key}' supports only {supported}; for {task} use one of: {others}",
+    )
+
+
+def _estimator_class(algorithm: Algorithm) -> type:
+    module, _, cls = algorithm.estimator.rpartition(".")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _sklearn_params(algorithm: Algorithm) -> Dict[str, Any]:
+    """scikit-learn's own defaults, minus parameters scheduled for removal.
+
+    scikit-learn marks those with the default "deprecated" (e.g. LogisticRegression
+    multi_class); offering them would only earn users a FutureWarning.
+    """
+    params = _estimator_class(algorithm)().get_params(deep=False)
+    return {k: v for k, v in params.items() if not (isinstance(v, str) and v == "deprecated")}
+
+
+def check_hyperparam_names(algorithm: Algorithm, names: Iterable[str]) -> None:
+    """Raise PgmlError naming any of ``names`` that is not a hyperparameter of ``algorithm``."""
+    valid = sorted(_sklearn_params(algorithm))
+    unknown = [n for n in names if n not in valid]
+    if not unknown:
+        return
+    quoted = ", ".join(f"'{n}'" for n in unknown)
+    plural = "s" if len(unknown) > 1 else ""
+    raise PgmlError(
+        f"unknown hyperparameter{plural} {quoted} for algorithm '{algorithm.name}' ({algorithm.task})",
+        hint=f"{_did_you_mean(str(unknown[0]), valid)}valid hyperparameters: {', '.join(valid)}",
+    )
+
+
+# Python types that a JSON value can take, in the words users see in the hint.
+_JSON_TYPES = {
+    dict: "a JSON object",
+    list: "a JSON array",
+    tuple: "a JSON array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+}
+
+
+def _describe(constraint: Any) -> List[str]:
+    """Phrase a scikit-learn parameter constraint as the JSON values that satisfy it.
+
+    Constraints that JSON cannot express (numpy arrays, callables, estimator
+    objects, hidden/deprecated options) are left out.
+    """
+    if isinstance(constraint, str) and constraint == "no_validation":
+        return []
+    c = constraint if isinstance(constraint, _Constraint) else make_constraint(constraint)
+    if c.hidden:
+        return []
+    if isinstance(c, (_RandomStates, _VerboseHelper)):
+        return [text for sub in c._constraints for text in _describe(sub)]
+    if isinstance(c, Interval):
+        return [str(c).replace("an int ", "an integer ", 1).replace("a float ", "a number ", 1)]
+    if isinstance(c, StrOptions):
+        return ["one of " + ", ".join(json.dumps(o) for o in sorted(c.options - c.deprecated))]
+    if isinstance(c, _Booleans) or (isinstance(c, _InstancesOf) and c.type is bool):
+        return ["true", "false"]
+    if isinstance(c, _NoneConstraint):
+        return ["null"]
+    if isinstance(c, _ArrayLikes):
+        return [_JSON_TYPES[list]]
+    if isinstance(c, _InstancesOf) and c.type in _JSON_TYPES:
+        return [_JSON_TYPES[c.type]]
+    return []
+
+
+def _expected(estimator_class: type, param: str) -> Optional[str]:
+    """What a valid JSON value for ``param`` looks like, or None if we cannot say."""
+    texts = [t for c in estimator_class._parameter_constraints.get(param, []) for t in _describe(c)]
+    texts = list(dict.fromkeys(texts))
+    if not texts:
+        return None
+    return texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} or {texts[-1]}"
+
+
+def _to_json_text(value: Any) -> str:
+    return json.dumps(json_safe(value))
+
+
+# The message format of scikit-learn's InvalidParameterError.
+_INVALID = re.compile(
+    r"^The '(?P<param>[^']+)' parameter of \w+ must be (?P<expected>.+)\. Got .* instead\.$", re.S
+)
+
+
+def _from_json(defaults: Mapping[str, Any], hyperparams: Mapping[str, Any]) -> Dict[str, Any]:
+    """Turn JSON arrays into tuples where scikit-learn's default is a tuple (e.g. hidden_layer_sizes)."""
+    return {
+        k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v
+        for k, v in hyperparams.items()
+    }
+
+
+def make_estimator(algorithm: Algorithm, hyperparams: Optional[Mapping[str, Any]] = None) -> Any:
+    """Build an unfitted estimator: scikit-learn defaults, then catalogue defaults, then ``hyperparams``.
+
+    Raises PgmlError for a non-object ``hyperparams``, unknown keys (naming the
+    valid ones) and values scikit-learn rejects (naming the parameter and what
+    it expects).
+    """
+    hyperparams = {} if hyperparams is None else hyperparams
+    if not isinstance(hyperparams, Mapping):
+        raise PgmlError(
+            f"hyperparameters must be a JSON object, got {_to_json_text(hyperparams)}",
+            hint='write them as {"name": value, ...}, for example {"max_depth": 4}',
+        )
+    check_hyperparam_names(algorithm, hyperparams)
+    sk_defaults = _sklearn_params(algorithm)
+    cls = _estimator_class(algorithm)
+    estimator = cls(**{**dict(algorithm.defaults), **_from_json(sk_defaults, hyperparams)})
+    try:
+        estimator._validate_params()
+    except InvalidParameterError as exc:
+        match = _INVALID.match(str(exc))
+        if match is None:
+            raise PgmlError(f"invalid hyperparameter for algorithm '{algorithm.name}': {exc}") from exc
+        param = match.group("param")
+        expected = _expected(cls, param) or match.group("expected")
+        default = algorithm.defaults.get(param, sk_defaults.get(param))
+        raise PgmlError(
+            f"invalid value for hyperparameter '{param}' of algorithm '{algorithm.name}': "
+            f"got {_to_json_text(estimator.get_params(deep=False)[param])}, expected {expected}",
+            hint=f"change '{param}', or leave it out to use the default ({_to_json_text(default)})",
+        ) from exc
+    return estimator
+
+
+def all_params(algorithm: Algorithm, hyperparams: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The full effective hyperparameter set (defaults plus ``hyperparams``), JSON-safe."""
+    estimator = make_estimator(algorithm, hyperparams)
+    params = estimator.get_params(deep=False)
+    return {k: json_safe(params[k]) for k in sorted(_sklearn_params(algorithm))}

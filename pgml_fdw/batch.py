@@ -1,0 +1,46 @@
+"""Scoring a whole relation in one vectorized pass: ``WHERE model = ... AND relation = ...``."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Iterator, Optional
+
+from .columns import FeatureColumn
+from .connection import ServerConnection
+from .errors import PgmlError
+from .loading import read_columns
+from .model import Model
+
+
+def session_role(server: ServerConnection) -> str:
+    """The login role of this backend's session: a scan cannot see current_user, so the batch
+    form reads with the privileges of the role that logged in."""
+    rows = server.fetch("SELECT usename FROM pg_stat_activity WHERE pid = %s", (os.getpid(),))
+    if not rows or rows[0][0] is None:
+        raise PgmlError("pgml_fdw cannot tell which role this session belongs to",
+                        hint="Score the rows one by one through a LATERAL join instead.")
+    return rows[0][0]
+
+
+def score_relation(server: ServerConnection, dsn: str, model: Model, ref: str, relation: str,
+                   key_column: Optional[str]) -> Iterator[Dict[str, Any]]:
+    """One row per row of the relation: its prediction and, if asked, its key_column as ``key``."""
+    rows = server.fetch("SELECT to_regclass(%s)::text", (relation,))
+    if rows[0][0] is None:
+        raise PgmlError(f'relation "{relation}" does not exist',
+                        hint="Name a table or view, schema-qualified unless it is in public.")
+    fields = [(c, c.is_text) for c in model.columns]
+    if key_column is not None:
+        fields.append((FeatureColumn(key_column, "text", "text"), True))
+    arrays = read_columns(dsn, session_role(server), rows[0][0], fields)
+    data = {c.name: a for c, a in zip(model.columns, arrays)}
+    keys = arrays[-1] if key_column is not None else None
+    version = int(model.model_id.rsplit("_", 1)[1])
+    for i, (prediction, label, probabilities) in enumerate(model.predict_arrays(data)):
+        yield {
+            "model": ref, "relation": relation, "key_column": key_column,
+            "key": None if keys is None else keys[i],
+            "prediction": prediction, "label": label,
+            "probabilities": None if probabilities is None else json.dumps(probabilities),
+            "version": version,
+        }

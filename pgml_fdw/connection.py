@@ -1,0 +1,109 @@
+"""Connections from the wrapper back to its own database.
+
+Multicorn runs inside a PostgreSQL backend but offers no SPI, so the wrapper reads training data and
+models through psycopg2 connections to the same server (the foreign server's ``dsn`` option).
+
+* :class:`ServerConnection` is the backend's long-lived connection: it reads models and metadata
+  and listens for deployment changes. It is privileged (the extension owner) and never runs code
+  a user wrote.
+* :func:`read_as` runs one query over a relation a user named with that user's privileges, on a
+  connection of its own, so that the user's views cannot borrow the privileged session.
+"""
+from __future__ import annotations
+
+import select
+from contextlib import contextmanager
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from .errors import PgmlError
+
+CHANNEL = "pgml_models"
+
+
+def connect(dsn: str) -> "psycopg2.extensions.connection":
+    """A connection to the dsn, with an error that says how to fix the dsn when it fails."""
+    try:
+        return psycopg2.connect(dsn)
+    except psycopg2.OperationalError as exc:
+        raise PgmlError(
+            f"pgml_fdw cannot connect back to this database: {str(exc).strip()}",
+            hint="The foreign server pgml's dsn option says how; fix it with "
+            "ALTER SERVER pgml OPTIONS (SET dsn 'host=... port=... dbname=... user=...').",
+        ) from exc
+
+
+class ServerConnection:
+    """The backend's privileged connection, opened on first use and reopened if it breaks."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: Optional[psycopg2.extensions.connection] = None
+
+    @property
+    def conn(self) -> "psycopg2.extensions.connection":
+        if self._conn is None or self._conn.closed:
+            conn = connect(self.dsn)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            self._conn = conn
+        return self._conn
+
+    def fetch(self, query: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
+        """Rows of a query; the connection is reopened once if the server closed it."""
+        for attempt in (1, 2):
+            try:
+                with self.conn.cursor() as cur:
+                    cur.execute(query, params)
+                    return cur.fetchall()
+            except psycopg2.OperationalError:
+                self._conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def changed(self) -> bool:
+        """Whether a deployment changed since the last call: one non-blocking look at the socket."""
+        if self._conn is None or self._conn.closed:
+            return True  # a new connection missed whatever happened before it
+        conn = self._conn
+        if select.select([conn], [], [], 0)[0] or conn.notifies:
+            try:
+                conn.poll()
+            except psycopg2.OperationalError:
+                self._conn = None
+                return True
+            if conn.notifies:
+                conn.notifies.clear()
+                return True
+        return False
+
+
+@contextmanager
+def read_as(dsn: str, role: str, select_sql: sql.Composable, result_columns: sql.Composable) -> Iterator[Tuple["psycopg2.extensions.cursor", sql.Composable]]:
+    """A cursor, and a query that returns ``select_sql``'s rows read with ``role``'s privileges.
+
+    The SELECT runs inside a temporary SECURITY DEFINER function owned by ``role``: privileges and
+    row-level security apply as for that role, and PostgreSQL refuses ``SET ROLE`` and ``SET SESSION
+    AUTHORIZATION`` inside it, so code in a view cannot take over the privileged connection. The
+    connection is the caller's alone and is closed afterwards.
+    """
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = 0; SET jit = off")
+            cur.execute(
+                sql.SQL(
+                    "CREATE FUNCTION pg_temp.pgml_read() RETURNS TABLE ({}) LANGUAGE sql STABLE "
+                    "SECURITY DEFINER AS {}"
+                ).format(result_columns, sql.Literal(select_sql.as_string(conn)))
+            )
+            cur.execute(sql.SQL("ALTER FUNCTION pg_temp.pgml_read() OWNER TO {}").format(sql.Identifier(role)))
+            yield cur, sql.SQL("SELECT * FROM pg_temp.pgml_read()")
+        conn.rollback()
+    finally:
+        conn.close()

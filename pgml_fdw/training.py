@@ -1,0 +1,251 @@
+"""One training run: options, the held-out split, fitting, evaluation.
+
+:func:`train` is pure (arrays in, a :class:`TrainingResult` out) so it is tested without a server;
+:func:`run` adds reading the relation.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import algorithms, importance, metrics, search
+from .columns import FeatureColumn
+from .connection import ServerConnection
+from .errors import PgmlError
+from .jsonsafe import json_safe
+from .loading import feature_columns, read_training_data
+from .model import Model
+from .preprocessing import Column, FeatureEncoder, plan_preprocessing
+
+REGRESSION_KINDS = ("number", "interval", "date", "timestamp", "time")
+SAMPLINGS = ("random", "last")
+
+
+def parse_json(value: Any, what: str, example: str) -> Any:
+    """A jsonb option as Python: Multicorn hands jsonb over as text."""
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise PgmlError(f"{what} is not valid JSON: {exc}", hint=f"For example: {example}") from exc
+
+
+@dataclass
+class TrainingOptions:
+    """What a row inserted into pgml.training_runs asks for, checked before any data is read."""
+
+    model_id: str
+    name: str
+    version: int
+    relation: str
+    y_column: str
+    trained_by: str
+    algorithm: str = "linear"
+    task: Optional[str] = None
+    hyperparams: Dict[str, Any] = field(default_factory=dict)
+    search: Optional[str] = None
+    search_params: Optional[Dict[str, Any]] = None
+    search_folds: int = 3
+    preprocess: Optional[Dict[str, Any]] = None
+    test_size: float = 0.25
+    test_sampling: str = "random"
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "TrainingOptions":
+        """Options from the inserted row (after pgml._before_training filled in id, version...)."""
+        hyperparams = parse_json(row.get("hyperparams"), "hyperparams", '\'{"alpha": 0.5}\'') or {}
+        if not isinstance(hyperparams, dict):
+            raise PgmlError("hyperparams must be a JSON object", hint='For example: \'{"alpha": 0.5}\'')
+        search_params = parse_json(row.get("search_params"), "search_params", '\'{"max_depth": [3, 5]}\'')
+        preprocess = parse_json(row.get("preprocess"), "preprocess", '\'{"age": {"impute": "median"}}\'')
+        options = cls(
+            model_id=row["id"],
+            name=row["name"],
+            version=int(row["version"]),
+            relation=row["relation"],
+            y_column=row["y_column"],
+            trained_by=row["trained_by"],
+            algorithm=row.get("algorithm") or "linear",
+            task=row.get("task"),
+            hyperparams=hyperparams,
+            search=row.get("search"),
+            search_params=search_params,
+            search_folds=3 if row.get("search_folds") is None else int(row["search_folds"]),
+            preprocess=preprocess,
+            test_size=0.25 if row.get("test_size") is None else float(row["test_size"]),
+            test_sampling=row.get("test_sampling") or "random",
+        )
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """Checks what can be checked without the data."""
+        if self.task is not None and self.task not in algorithms.TASKS:
+            raise PgmlError(f'unknown task "{self.task}"', hint="Use regression or classification, or leave task "
+                            "out to have it follow y_column's type.")
+        if not (0 < self.test_size < 1):
+            raise PgmlError(f"test_size must be between 0 and 1, not {self.test_size}",
+                            hint="It is the held-out fraction; 0.25 keeps a quarter of the rows for evaluation.")
+        if self.test_sampling not in SAMPLINGS:
+            raise PgmlError(f'unknown test_sampling "{self.test_sampling}"',
+                            hint="Use random, or last to hold out the last rows (order the view by time).")
+        if (self.search is None) != (self.search_params is None):
+            raise PgmlError("search and search_params go together",
+                            hint='For example: search => \'grid\', search_params => \'{"alpha": [0.1, 1, 10]}\'.')
+
+    def resolve_task(self, y: FeatureColumn) -> str:
+        """The task: as given, or from y's kind (numbers regress, text and booleans classify)."""
+        if y.kind == "unsupported":
+            raise PgmlError(f'y_column "{y.name}" has type {y.sql_type}, which cannot be predicted',
+                            hint="Predict a number, a boolean or a text column; cast it in the view.")
+        task = self.task or ("regression" if y.kind in REGRESSION_KINDS else "classification")
+        if task == "regression" and y.kind not in REGRESSION_KINDS:
+            raise PgmlError(f'y_column "{y.name}" is {y.sql_type}, and regression predicts numbers',
+                            hint="Use task => 'classification', or y_column a numeric column.")
+        return task
+
+
+@dataclass
+class TrainingResult:
+    """A trained model and what the run measured."""
+
+    model: Model
+    metrics: Dict[str, Any]
+    train_rows: int
+    test_rows: int
+    seconds: float
+    details: Dict[str, Any]
+
+
+def split(n: int, test_size: float, sampling: str, y: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Deterministic train and test row indices: a shuffle with seed 0 (stratified by class when
+    every class has two rows or more), or the last rows as the test set."""
+    test_rows = int(math.ceil(n * test_size))
+    if n < 2 or test_rows >= n:
+        raise PgmlError(f"{n} row(s) are too few to train and evaluate a model",
+                        hint="Train on more rows, or lower test_size.")
+    if sampling == "last":
+        return np.arange(n - test_rows), np.arange(n - test_rows, n)
+    from sklearn.model_selection import train_test_split
+
+    stratify = None
+    if y is not None:
+        counts = np.bincount(y)
+        if counts[counts > 0].min() >= 2 and test_rows >= np.count_nonzero(counts):
+            stratify = y
+    train, test = train_test_split(np.arange(n), test_size=test_rows, random_state=0, stratify=stratify)
+    return train, test
+
+
+def encode_labels(y_text: np.ndarray, y: FeatureColumn) -> Tuple[np.ndarray, List[Any]]:
+    """Class indices for text labels, and the classes in their original form (sorted)."""
+    texts, indices = np.unique(y_text.astype(str), return_inverse=True)
+    if y.kind == "boolean":
+        classes: List[Any] = [t == "true" for t in texts]
+    elif y.kind == "number":
+        numbers = [float(t) for t in texts]
+        classes = [int(v) if v.is_integer() else v for v in numbers]
+        order = np.argsort(numbers, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return rank[indices], [classes[i] for i in order]
+    else:
+        classes = list(texts)
+    return indices.astype(np.int64), classes
+
+
+def prepare(options: TrainingOptions, y_column: FeatureColumn,
+            columns: Sequence[FeatureColumn]) -> Tuple[str, algorithms.Algorithm, Dict[str, Any]]:
+    """The task, algorithm and preprocessing plan of a run: every option checked, no data needed."""
+    task = options.resolve_task(y_column)
+    algorithm = algorithms.lookup(options.algorithm, task)
+    plan = plan_preprocessing(_encoder_columns(columns), options.preprocess, algorithm.needs_scaling)
+    algorithms.make_estimator(algorithm, options.hyperparams)
+    if options.search:
+        search.validate_search(algorithm, options.search, options.search_params, options.search_folds)
+    return task, algorithm, plan
+
+
+def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[FeatureColumn],
+          data: Mapping[str, np.ndarray], y_raw: np.ndarray) -> TrainingResult:
+    """Fits and evaluates the model a run asks for, on the rows given."""
+    started = time.monotonic()
+    task, algorithm, plan = prepare(options, y_column, columns)
+
+    n = len(y_raw)
+    if n == 0:
+        raise PgmlError(f'{options.relation} has no rows where "{y_column.name}" is not NULL',
+                        hint="Training needs rows with a known value of y_column.")
+    classes = None
+    if task == "classification":
+        y, classes = encode_labels(y_raw, y_column)
+        if len(classes) < 2:
+            raise PgmlError(f'"{y_column.name}" has only one class ({classes[0]!r}) in {options.relation}',
+                            hint="Classification needs at least two classes to tell apart.")
+    else:
+        y = np.asarray(y_raw, dtype=np.float64)
+    train_idx, test_idx = split(n, options.test_size, options.test_sampling, y if classes else None)
+
+    encoder = FeatureEncoder(_encoder_columns(columns), plan)
+    encoder.fit({name: values[train_idx] for name, values in data.items()})
+    X_train = encoder.transform({name: values[train_idx] for name, values in data.items()})
+    X_test = encoder.transform({name: values[test_idx] for name, values in data.items()})
+    y_train, y_test = y[train_idx], y[test_idx]
+    if classes is not None and len(np.unique(y_train)) < 2:
+        raise PgmlError("the training split holds a single class", hint="Train on more rows, or lower test_size.")
+
+    params = dict(options.hyperparams)
+    found = None
+    if options.search:
+        found = search.search(algorithm, params, X_train, y_train, task, options.search,
+                              options.search_params or {}, options.search_folds)
+        params.update(found.best_params)
+    estimator = algorithms.make_estimator(algorithm, params)
+    estimator.fit(X_train, y_train)
+
+    model = Model(options.model_id, task, columns, encoder, estimator, classes)
+    measured = _evaluate(model, X_test, y_test, task, len(classes) if classes else None)
+    method, values = importance.feature_importance(estimator, X_test, y_test, task)
+    details = {
+        "features": [
+            {"name": c.name, "type": c.sql_type, "kind": c.kind, "preprocess": encoder.describe().get(c.name)}
+            for c in columns
+        ],
+        "classes": classes,
+        "hyperparams": json_safe(estimator.get_params()),
+        "search": None if found is None else {
+            "method": options.search, "folds": options.search_folds, "best_params": json_safe(found.best_params),
+            "best_score": json_safe(found.best_score), "candidates": json_safe(found.candidates)},
+        "importance": {"method": method, "columns": importance.by_column(values, encoder.output_sources)},
+    }
+    return TrainingResult(model, measured, len(train_idx), len(test_idx), time.monotonic() - started, details)
+
+
+def _encoder_columns(columns: Sequence[FeatureColumn]) -> List[Column]:
+    return [Column(c.name, "text" if c.is_text else "number", c.sql_type) for c in columns]
+
+
+def _evaluate(model: Model, X_test: np.ndarray, y_test: np.ndarray, task: str, n_classes: Optional[int]) -> Dict[str, Any]:
+    estimator = model.estimator
+    y_pred = estimator.predict(X_test)
+    proba = None
+    if n_classes is not None and hasattr(estimator, "predict_proba"):
+        proba = np.zeros((len(X_test), n_classes))
+        proba[:, estimator.classes_] = estimator.predict_proba(X_test)
+    return json_safe(metrics.evaluate(task, y_test, y_pred, proba, n_classes))
+
+
+def run(options: TrainingOptions, server: ServerConnection, dsn: str) -> TrainingResult:
+    """Reads the relation as the training user and trains on it."""
+    y_column, columns = feature_columns(server, options.relation, options.y_column)
+    # Checked first: a typo in an option should not cost a full read of the data.
+    task, _, _ = prepare(options, y_column, columns)
+    data, y_raw = read_training_data(dsn, options.trained_by, options.relation, y_column,
+                                     task == "classification", columns)
+    return train(options, y_column, columns, data, y_raw)
