@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
@@ -50,6 +51,8 @@ class ServerConnection:
             conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                # The caller's own uncommitted DDL can lock what this connection reads: fail, not hang.
+                cur.execute("SET lock_timeout = '5s'")
             self._conn = conn
         return self._conn
 
@@ -60,6 +63,9 @@ class ServerConnection:
                 with self.conn.cursor() as cur:
                     cur.execute(query, params)
                     return cur.fetchall()
+            except psycopg2.errors.LockNotAvailable as exc:
+                raise PgmlError("pgml_fdw's tables are locked by a transaction that has not committed",
+                                hint="Commit the transaction that created or altered the extension first.") from exc
             except psycopg2.OperationalError:
                 self._conn = None
                 if attempt == 2:

@@ -121,7 +121,7 @@ class TrainedEstimators:
         token = _equalities(quals).get("token")
         if token in _PENDING:
             blob, details = _PENDING.pop(token)
-            yield {"token": token, "estimator": "\\x" + blob.hex(), "details": _json_text(details)}
+            yield {"token": token, "estimator": blob, "details": _json_text(details)}
 
 
 class ModelCache:

@@ -12,10 +12,7 @@ import numpy as np
 
 from .columns import FeatureColumn, to_number, to_text
 from .errors import PgmlError
-try:  # TEMP until single_row lands
-    from .single_row import fast_predictor
-except ImportError:
-    fast_predictor = lambda e: None  # noqa: E731
+from .single_row import fast_predictor
 
 Prediction = Tuple[Optional[float], Optional[str], Optional[Dict[str, float]]]
 

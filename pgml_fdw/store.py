@@ -60,6 +60,8 @@ class ModelStore:
         return True if status == "in progress" else (False if status == "committed" else None)
 
     def _resolve(self, ref: str) -> str:
+        if ref in self._trained:
+            return ref  # an id this backend trained: no lookup that could wait on the caller's locks
         if ref in self._deployed:
             model_id, txid = self._deployed[ref]
             if self._in_progress(txid):

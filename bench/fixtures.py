@@ -1,0 +1,116 @@
+"""The benchmark's data and models: tables in the schema ``bench`` and models named ``bench_*``.
+
+Data is generated in the database (generate_series and random() after setseed, with parallel query
+off so the rows come out the same every run). Everything is made on first use, so a run of one
+scenario builds only what that scenario needs, and removed by :meth:`Fixtures.cleanup`.
+"""
+from __future__ import annotations
+
+import pickle
+import sys
+from typing import Any, Dict, List, Set
+
+import numpy as np
+import psycopg2.extensions
+
+from harness import Sizes
+
+SCHEMA = "bench"
+PREDICTION_TABLE = "bench.pred_data"   # id, x1..x10, y: scored by b, features for a and e
+PREDICTION_VIEW = "bench.pred_train"   # x1..x10, y of the first train_rows rows: what a, b and e train on
+WIDE_VIEW = "bench.wide_view"          # x1..x20, y: read by c, trained on by d
+MODELS = {"linear": "bench_linear", "random_forest": "bench_forest"}
+END_TO_END_MODEL = "bench_e2e"
+PREDICTION_FEATURES = [f"x{i}" for i in range(1, 11)]
+WIDE_FEATURES = [f"x{i}" for i in range(1, 21)]
+
+
+def _generate(table: str, rows: int, features: List[str], seed: float) -> str:
+    """CREATE TABLE ... AS: id, uniform features, and y a linear function of them plus noise.
+
+    OFFSET 0 keeps the subquery from being flattened, so y uses the very values stored in x.
+    """
+    drawn = ", ".join(f"random() AS {f}" for f in features)
+    weights = " + ".join(f"({(i % 7) - 2.5:g}) * {f}" for i, f in enumerate(features))
+    return (f"SELECT setseed({seed}); "
+            f"CREATE TABLE {table} AS SELECT id, {', '.join(features)}, {weights} + 0.2 * (random() - 0.5) AS y "
+            f"FROM (SELECT g AS id, {drawn} FROM generate_series(1, {rows}) g OFFSET 0) s")
+
+
+class Fixtures:
+    """Builds the benchmark's tables and models on first use, on one connection."""
+
+    def __init__(self, conn: "psycopg2.extensions.connection", sizes: Sizes) -> None:
+        self.conn = conn
+        self.sizes = sizes
+        self._made: Set[str] = set()
+
+    def _run(self, statement: str, params: Any = None) -> List[Any]:
+        with self.conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+    def reset(self) -> None:
+        """Removes what an earlier run may have left, and makes an empty schema bench."""
+        self._run("DELETE FROM pgml.model_versions WHERE name LIKE 'bench\\_%'")
+        self._run(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        self._run(f"CREATE SCHEMA {SCHEMA}")
+        self._run("SET max_parallel_workers_per_gather = 0")
+
+    def cleanup(self) -> None:
+        """Drops every bench_ model (with its estimators and deployments) and the schema."""
+        self._run("DELETE FROM pgml.model_versions WHERE name LIKE 'bench\\_%'")
+        self._run(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+
+    def prediction_data(self) -> None:
+        """bench.pred_data (score_rows rows) and the training view over its first train_rows."""
+        if "prediction" in self._made:
+            return
+        rows = max(self.sizes.score_rows, self.sizes.train_rows + self.sizes.lateral_rows)
+        self._run(_generate(PREDICTION_TABLE, rows, PREDICTION_FEATURES, 0.42))
+        self._run(f"ALTER TABLE {PREDICTION_TABLE} ADD PRIMARY KEY (id)")
+        self._run(f"VACUUM ANALYZE {PREDICTION_TABLE}")  # hint bits set now, not during a timed read
+        self._run(f"CREATE VIEW {PREDICTION_VIEW} AS SELECT {', '.join(PREDICTION_FEATURES)}, y "
+                  f"FROM {PREDICTION_TABLE} WHERE id <= {self.sizes.train_rows}")
+        self._made.add("prediction")
+
+    def model(self, algorithm: str) -> str:
+        """The name of a deployed model of this algorithm trained on the prediction view."""
+        name = MODELS[algorithm]
+        if name not in self._made:
+            self.prediction_data()
+            print(f"   training {name} ({algorithm}, {self.sizes.train_rows} rows)", file=sys.stderr, flush=True)
+            self._run("SELECT pgml.train(%s, 'y', %s, name => %s)", (PREDICTION_VIEW, algorithm, name))
+            self._made.add(name)
+        return name
+
+    def load_model(self, name: str) -> Any:
+        """The deployed version of a model as the wrapper has it: a pgml_fdw.model.Model."""
+        rows = self._run("SELECT e.estimator FROM pgml.model_estimators e "
+                         "JOIN pgml.deployed_models d ON d.id = e.model_id WHERE d.name = %s", (name,))
+        return pickle.loads(bytes(rows[0][0]))
+
+    def feature_rows(self, count: int) -> List[Dict[str, float]]:
+        """Feature objects of rows the models were not trained on, as a query would send them."""
+        self.prediction_data()
+        rows = self._run(f"SELECT {', '.join(PREDICTION_FEATURES)} FROM {PREDICTION_TABLE} "
+                         f"WHERE id > %s ORDER BY id LIMIT %s", (self.sizes.train_rows, count))
+        return [dict(zip(PREDICTION_FEATURES, row)) for row in rows]
+
+    def scoring_matrix(self) -> Dict[str, np.ndarray]:
+        """Every row of the scored table, by id: 'id' and one float64 array per feature."""
+        self.prediction_data()
+        rows = self._run(f"SELECT id, {', '.join(PREDICTION_FEATURES)} FROM {PREDICTION_TABLE} ORDER BY id")
+        matrix = np.asarray(rows, dtype=np.float64)
+        return {name: matrix[:, i] for i, name in enumerate(["id"] + PREDICTION_FEATURES)}
+
+    def wide_view(self) -> str:
+        """bench.wide_view: load_rows rows of 20 float features and y, over a plain table."""
+        if "wide" not in self._made:
+            print(f"   generating {self.sizes.load_rows} rows x {len(WIDE_FEATURES)} features",
+                  file=sys.stderr, flush=True)
+            self._run(_generate("bench.wide_data", self.sizes.load_rows, WIDE_FEATURES, 0.17))
+            self._run("VACUUM ANALYZE bench.wide_data")
+            self._run(f"CREATE VIEW {WIDE_VIEW} AS SELECT {', '.join(WIDE_FEATURES)}, y FROM bench.wide_data")
+            self._made.add("wide")
+        return WIDE_VIEW

@@ -1,0 +1,135 @@
+"""Shared pieces of the benchmark: sizes, connections, statistics and the measurement record.
+
+Every figure the suite reports is a :class:`Measurement`: our figure, a baseline measured side by
+side in the same run, and their ratio, checked against a :class:`Target` where the project set one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import psycopg2
+import psycopg2.extensions
+
+PORT = int(os.environ.get("PGML_PORT", "5433"))
+DATABASE = "pgml"
+# What the benchmark's clients use: TCP on loopback, as an application would.
+CLIENT_DSN = f"host=127.0.0.1 port={PORT} dbname={DATABASE} user=postgres application_name=pgml_bench"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario is: full size, or about a tenth of it with PGML_BENCH_QUICK=1."""
+
+    quick: bool
+    train_rows: int       # rows the linear and forest models of a, b and e are trained on
+    score_rows: int       # rows the batch form of b scores
+    lateral_rows: int     # rows the LATERAL form of b scores
+    latency_rounds: int   # samples per query form in a
+    load_rows: int        # rows of the 20-feature view of c and d
+    repeats: int          # interleaved repetitions in b, c and d
+    pgbench_seconds: int  # measured seconds per pgbench run in e (after every client is warm)
+    pgbench_rounds: int   # alternations of baseline and subject per client count in e
+
+    @classmethod
+    def from_env(cls) -> "Sizes":
+        """Quick sizes when PGML_BENCH_QUICK is set (and not 0), else full sizes."""
+        if os.environ.get("PGML_BENCH_QUICK", "") not in ("", "0"):
+            return cls(True, 2_000, 10_000, 200, 300, 100_000, 2, 1, 1)
+        return cls(False, 20_000, 100_000, 2_000, 3_000, 1_000_000, 3, 8, 2)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bound the project set on the ratio ours / baseline, e.g. ``<= 2``."""
+
+    op: str
+    bound: float
+
+    def holds(self, ratio: float) -> bool:
+        """Whether a ratio meets the bound."""
+        return ratio <= self.bound if self.op == "<=" else ratio >= self.bound
+
+    def __str__(self) -> str:
+        return f"{'≤' if self.op == '<=' else '≥'} {self.bound:g}x"
+
+
+@dataclass
+class Measurement:
+    """One reported figure: ours against a baseline from the same run."""
+
+    scenario: str
+    name: str
+    unit: str
+    value: float
+    baseline_name: str
+    baseline: float
+    target: Optional[Target] = None
+    details: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """Ours / baseline."""
+        return self.value / self.baseline if self.baseline else math.inf
+
+    @property
+    def status(self) -> Optional[str]:
+        """'holds' or 'missed' against the target, None when there is none."""
+        if self.target is None:
+            return None
+        return "holds" if self.target.holds(self.ratio) else "missed"
+
+    def to_json(self) -> Dict[str, Any]:
+        """The measurement as results.json holds it."""
+        return {
+            "scenario": self.scenario, "name": self.name, "unit": self.unit,
+            "value": self.value, "baseline_name": self.baseline_name, "baseline": self.baseline,
+            "ratio": self.ratio, "target": None if self.target is None else str(self.target),
+            "status": self.status, "details": self.details,
+        }
+
+
+def connect(dsn: str = CLIENT_DSN) -> "psycopg2.extensions.connection":
+    """An autocommit connection (each statement is its own transaction, as in psql)."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    return conn
+
+
+def server_dsn(conn: "psycopg2.extensions.connection") -> str:
+    """The dsn the wrapper itself reads data through (the foreign server pgml's option), so that
+    in-process loading and its baselines go over the same socket as the product does."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT option_value FROM pg_options_to_table("
+                    "(SELECT srvoptions FROM pg_foreign_server WHERE srvname = 'pgml')) WHERE option_name = 'dsn'")
+        return cur.fetchone()[0]
+
+
+def timed(call: Callable[[], Any]) -> float:
+    """Seconds one call takes."""
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def summary(seconds: Sequence[float]) -> Dict[str, float]:
+    """Milliseconds: p50, p90, p99, mean, min and max of latency samples given in seconds."""
+    ms = np.asarray(seconds) * 1000.0
+    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()),
+            "min": float(ms.min()), "max": float(ms.max()), "samples": int(ms.size)}
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, as a float."""
+    return float(np.median(np.asarray(values, dtype=float)))
+
+
+def rotated(items: List[Any], shift: int) -> List[Any]:
+    """The items starting at position shift, wrapping around: interleaving without a fixed order."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
