@@ -33,7 +33,7 @@ SELECT pgml.train('my_data', 'total_purchases');
 SELECT id, task, algorithm, deployed, metrics->>'r2' AS r2, train_rows, test_rows FROM pgml.models WHERE name = 'my_data';
 
 -- 3. Serve predictions with SQL: by name (the deployed version), with the features as JSON.
-SELECT pgml.score('my_data', '{"user_tenure": "2 years", "age": 35, "location": "Paris"}') AS likely_purchases;
+SELECT pgml.score('my_data', '{"user_tenure": "2 years", "age": 35, "location": "Paris"}'::jsonb) AS likely_purchases;
 
 -- The brief's form: a model of tenure alone, scored with an interval.
 CREATE VIEW my_model AS SELECT user_tenure, total_purchases FROM my_data;
