@@ -482,5 +482,5 @@ $$;
 -------------------------------------------------------------------------------------------------------
 GRANT USAGE ON SCHEMA pgml TO PUBLIC;
 GRANT SELECT ON pgml.algorithms TO PUBLIC;
-REVOKE ALL ON FUNCTION pgml._next_version(text), pgml._after_training(), pgml._deployment_changed()
-    FROM PUBLIC;
+-- pgml._next_version stays callable: the BEFORE trigger runs as the training role.
+REVOKE ALL ON FUNCTION pgml._after_training(), pgml._deployment_changed() FROM PUBLIC;

@@ -1,0 +1,79 @@
+"""Bad input: an ERROR that names the problem and the fix, no model left behind, the backend alive."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import Session, linear_rows, make_table, role
+
+
+@pytest.fixture
+def line(db: Session) -> str:
+    return make_table(db, "err_line", "x float8, y float8", linear_rows(100))
+
+
+@pytest.mark.parametrize(
+    "call, message, hint",
+    [
+        ("pgml.train('no_such_table', 'y', name => %s)", 'relation "no_such_table" does not exist', "table or view"),
+        ("pgml.train('err_line', 'nope', name => %s)", 'column "nope" does not exist', "x, y"),
+        ("pgml.train('err_line', 'y', 'no_such_algorithm', name => %s)", "no_such_algorithm", "linear"),
+        ("pgml.train('err_line', 'y', hyperparams => '{\"bogus\": 1}', name => %s)", "bogus", "fit_intercept"),
+        ("pgml.train('err_nulls', 'y', name => %s)", "no rows", "known value"),
+        ("pgml.train('err_empty', 'y', name => %s)", "no rows", "known value"),
+        ("pgml.train('err_line', 'y', test_size => 1.5, name => %s)", "test_size", "held-out"),
+    ],
+)
+def test_training_errors(db: Session, line: str, name: str, call: str, message: str, hint: str) -> None:
+    make_table(db, "err_nulls", "x float8, y float8", [(1.0, None), (2.0, None)])
+    make_table(db, "err_empty", "x float8, y float8", [])
+    pid = db.pid()
+    error = db.error(f"SELECT {call}", (name,))
+    assert message in error.diag.message_primary
+    assert hint in (error.diag.message_hint or "")
+    assert db.pid() == pid
+    assert db.one("SELECT count(*) FROM pgml.model_versions WHERE name = %s", (name,)) == 0
+
+
+def test_prediction_errors(db: Session, line: str, name: str) -> None:
+    db.one("SELECT pgml.train('err_line', 'y', name => %s)", (name,))
+    pid = db.pid()
+    cases = [
+        ("SELECT pgml.score('no_such_model', 1.0)", "no model", "pgml.models"),
+        (f"SELECT prediction FROM pgml.predictions WHERE model = '{name}' AND features = '[1, 2]'",
+         "takes 1 features, not 2", "x"),
+        (f"SELECT prediction FROM pgml.predictions WHERE model = '{name}' AND features = '{{\"z\": 1}}'",
+         "no feature 'z'", "x"),
+        (f"SELECT prediction FROM pgml.predictions WHERE model = '{name}' AND features = '[\"abc\"]'",
+         "cannot take the value 'abc'", "number"),
+        (f"SELECT prediction FROM pgml.predictions WHERE model = '{name}'", "needs WHERE model", "features"),
+    ]
+    for query, message, hint in cases:
+        error = db.error(query)
+        assert message in error.diag.message_primary, query
+        assert hint in (error.diag.message_hint or ""), query
+    assert db.pid() == pid
+
+
+def test_role_without_select_cannot_train(db: Session, line: str, name: str) -> None:
+    intruder = role(db, "pgml_intruder", ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}",
+                                          "GRANT SELECT ON pgml.predictions TO {role}"])
+    session = Session(user=intruder)
+    error = session.error("SELECT pgml.train('err_line', 'y', name => %s)", (name,))
+    assert "permission denied" in error.diag.message_primary
+    assert "GRANT SELECT" in error.diag.message_hint
+    session.close()
+    assert db.one("SELECT count(*) FROM pgml.model_versions WHERE name = %s", (name,)) == 0
+
+
+def test_training_reads_with_the_callers_row_level_security(db: Session, name: str) -> None:
+    make_table(db, "err_rls", "x float8, y float8, owner text",
+               [(x, y, "mine") for x, y in linear_rows(60)] + [(x, -y, "theirs") for x, y in linear_rows(60, seed=1)])
+    trainer = role(db, "pgml_trainer", ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}",
+                                        "GRANT SELECT ON err_rls TO {role}"])
+    db.run("ALTER TABLE err_rls ENABLE ROW LEVEL SECURITY")
+    db.run("CREATE POLICY only_mine ON err_rls FOR SELECT USING (owner = 'mine')")
+    session = Session(user=trainer)
+    model_id = session.one("SELECT pgml.train('err_rls', 'y', name => %s)", (name,))
+    session.close()
+    rows = db.one("SELECT train_rows + test_rows FROM pgml.model_versions WHERE id = %s", (model_id,))
+    assert rows == 60  # only the rows the policy lets the trainer see
