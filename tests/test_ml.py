@@ -115,3 +115,28 @@ def test_quality_matches_a_hand_written_pipeline(db: Session, name: str, dataset
         reference = f1_score(y_te, clf.predict(scaler.transform(X_te)), average=average)
         ours = measured["f1"]
     assert ours >= reference * 0.98, json.dumps(measured)
+
+
+def test_quality_with_categorical_interval_and_null_columns(db: Session, name: str) -> None:
+    rng = np.random.default_rng(3)
+    n = 400
+    hours = rng.uniform(0, 100, n)
+    city = rng.choice(["Paris", "Berlin", "Lisbon", None], n)
+    age = np.where(rng.uniform(size=n) < 0.1, np.nan, rng.uniform(20, 60, n))
+    y = 2 * hours + np.select([city == "Paris", city == "Berlin"], [30, 10], 0) + 0.5 * np.nan_to_num(age, nan=40) \
+        + rng.normal(0, 3, n)
+    make_table(db, "ml_mixed", "wait interval, city text, age float8, y float8",
+               [(f"{h} hours", c, None if np.isnan(a) else float(a), float(t)) for h, c, a, t in zip(hours, city, age, y)])
+    model_id = db.one("SELECT pgml.train('ml_mixed', 'y', name => %s)", (name,))
+    ours = db.one("SELECT (metrics->>'r2')::float8 FROM pgml.models WHERE id = %s", (model_id,))
+    # The notebook version: seconds for the interval, one-hot with NULL as a category, mean imputation.
+    cities = ["Berlin", "Lisbon", "Paris", None]
+    X = np.column_stack([hours * 3600] + [(city == c) if c else np.array([v is None for v in city]) for c in cities]
+                        + [age]).astype(float)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, random_state=0)
+    mean = np.nanmean(X_tr[:, -1])
+    X_tr[np.isnan(X_tr[:, -1]), -1] = mean
+    X_te[np.isnan(X_te[:, -1]), -1] = mean
+    reference = r2_score(y_te, LinearRegression().fit(X_tr, y_tr).predict(X_te))
+    assert ours >= reference * 0.98
+    assert ours > 0.9
