@@ -35,12 +35,11 @@ def score_relation(server: ServerConnection, dsn: str, model: Model, ref: str, r
     arrays = read_columns(dsn, session_role(server), rows[0][0], fields)
     data = {c.name: a for c, a in zip(model.columns, arrays)}
     keys = arrays[-1] if key_column is not None else None
-    version = int(model.model_id.rsplit("_", 1)[1])
     for i, (prediction, label, probabilities) in enumerate(model.predict_arrays(data)):
         yield {
             "model": ref, "relation": relation, "key_column": key_column,
             "key": None if keys is None else keys[i],
             "prediction": prediction, "label": label,
             "probabilities": None if probabilities is None else json.dumps(probabilities),
-            "version": version,
+            "version": model.version,
         }

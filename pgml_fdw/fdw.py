@@ -175,13 +175,11 @@ class Predictions:
             )
         model = self.store.get(ref)
         if "features" in wanted:
-            features = wanted["features"]
-            if isinstance(features, str):
-                features = json.loads(features)
+            features = wanted["features"]  # jsonb arrives as text (Multicorn 1.4) or parsed
             prediction, label, probabilities = model.predict_row(features)
-            yield {"model": ref, "features": wanted["features"] if isinstance(wanted["features"], str)
-                   else _json_text(wanted["features"]), "prediction": prediction, "label": label,
-                   "probabilities": _json_text(probabilities), "version": _version(model.model_id)}
+            yield {"model": ref, "features": features if isinstance(features, str) else _json_text(features),
+                   "prediction": prediction, "label": label, "probabilities": _json_text(probabilities),
+                   "version": model.version}
             return
         from .batch import score_relation
 
@@ -198,10 +196,6 @@ class Predictions:
     def get_path_keys() -> List[Tuple[Tuple[str, ...], int]]:
         # With model and features known per outer row (a LATERAL join), a scan gives one row.
         return [(("model", "features"), 1)]
-
-
-def _version(model_id: str) -> int:
-    return int(model_id.rsplit("_", 1)[1])
 
 
 _HANDLERS = {

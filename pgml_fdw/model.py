@@ -47,6 +47,11 @@ class Model:
             self._known = np.asarray(self.estimator.classes_, dtype=np.int64)
             self._has_proba = hasattr(self.estimator, "predict_proba")
 
+    @property
+    def version(self) -> int:
+        """The version number, the last part of the id (name_version)."""
+        return int(self.model_id.rsplit("_", 1)[1])
+
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
         for derived in ("_positions", "_fast", "labels", "_known", "_has_proba"):
