@@ -187,6 +187,9 @@ class Predictions:
 
     @staticmethod
     def get_rel_size(quals: List[Any], columns: Any) -> Tuple[int, int]:
+        # Without features a scan cannot run, so it is costed high: a join then takes the
+        # parameterized path (get_path_keys). A prepared statement's generic plan shows Multicorn
+        # no parameter values and looks the same, so PostgreSQL keeps making one-row custom plans.
         fields = {q.field_name for q in quals if q.operator == "="}
         if "features" in fields:
             return 1, 64

@@ -2,12 +2,13 @@
 
 One ``COPY (SELECT ...) TO STDOUT (FORMAT binary)`` reads every row. Numeric kinds are converted by
 the database to float8 with NULL as NaN (see :func:`columns.load_expression`), so when no column is
-text every row has the same width and the whole buffer becomes arrays through one
-``numpy.frombuffer``: no Python object per value. Text columns take a per-row path.
+text every row has the same width and the whole buffer becomes arrays in one vectorized pass: no
+Python object per value. Text columns take a per-row path.
 """
 from __future__ import annotations
 
 import struct
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,6 +38,11 @@ ORDER BY a.attnum
 """
 
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+# The types a field is read as (its SQL type in the COPY): a number as float8 (NULL as NaN), an
+# integer key as int8, anything else as text.
+FLOAT, INTEGER, TEXT = "float8", "int8", "text"
+_BLOCK_ROWS = 16384
 
 
 def relation_columns(server: ServerConnection, relation: str) -> List[Tuple[str, str, str, str]]:
@@ -84,25 +90,22 @@ def read_columns(
     dsn: str,
     role: str,
     relation: str,
-    fields: Sequence[Tuple[FeatureColumn, bool]],
+    fields: Sequence[Tuple[FeatureColumn, str]],
     not_null: Optional[str] = None,
 ) -> List[np.ndarray]:
     """One array per field of every row of a relation (where ``not_null`` is not NULL), read as
     ``role`` (see :func:`connection.read_as`).
 
-    A field is a column and whether to read it as text. Numbers become float64 arrays with NaN for
-    NULL; text becomes object arrays of str with None for NULL.
+    A field is a column and the wire type to read it as (:data:`FLOAT`, :data:`INTEGER` or
+    :data:`TEXT`); see :func:`parse_binary_copy` for the arrays each gives.
     """
     select_sql = sql.SQL("SELECT {} FROM {}{}").format(
-        sql.SQL(", ").join(
-            sql.SQL(load_expression(_quote(c.name), "text" if as_text else c.kind, c.base_type)) for c, as_text in fields
-        ),
+        sql.SQL(", ").join(sql.SQL(_wire_expression(c, wire)) for c, wire in fields),
         sql.SQL(relation),
         sql.SQL("") if not_null is None else sql.SQL(" WHERE {} IS NOT NULL").format(sql.Identifier(not_null)),
     )
     result_columns = sql.SQL(", ").join(
-        sql.SQL("c{} {}").format(sql.SQL(str(i)), sql.SQL("text" if as_text else "float8"))
-        for i, (_, as_text) in enumerate(fields)
+        sql.SQL("c{} {}").format(sql.SQL(str(i)), sql.SQL(wire)) for i, (_, wire) in enumerate(fields)
     )
     sink = _Sink()
     try:
@@ -115,7 +118,7 @@ def read_columns(
         raise PgmlError(f"reading {relation} failed: {exc.diag.message_primary or exc}",
                         hint=exc.diag.message_hint or "Check that the relation can be read with a plain SELECT.") from exc
     buffer, sink.buffer = sink.buffer, bytearray()
-    return parse_binary_copy(buffer, [as_text for _, as_text in fields])
+    return parse_binary_copy(buffer, [wire for _, wire in fields])
 
 
 def read_training_data(
@@ -127,9 +130,16 @@ def read_training_data(
     features: Sequence[FeatureColumn],
 ) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
     """Every row of the relation whose y is not NULL: feature arrays by name, and y."""
-    fields = [(c, c.is_text) for c in features] + [(y, y_as_text)]
+    fields = [(c, TEXT if c.is_text else FLOAT) for c in features] + [(y, TEXT if y_as_text else FLOAT)]
     arrays = read_columns(dsn, role, relation, fields, not_null=y.name)
     return {c.name: a for c, a in zip(features, arrays[:-1])}, arrays[-1]
+
+
+def _wire_expression(column: FeatureColumn, wire: str) -> str:
+    quoted = _quote(column.name)
+    if wire == FLOAT:
+        return load_expression(quoted, column.kind, column.base_type)
+    return f"({quoted})::{wire}"
 
 
 def _quote(name: str) -> str:
@@ -154,48 +164,80 @@ def _header_length(buffer: bytes) -> int:
     return 19 + extension
 
 
-def parse_binary_copy(buffer: bytes, text: Sequence[bool]) -> List[np.ndarray]:
-    """Columns of a binary COPY stream whose fields are float8 (never NULL) or text.
+def parse_binary_copy(buffer: bytes, wires: Sequence[str]) -> List[np.ndarray]:
+    """Columns of a binary COPY stream whose fields have the given wire types.
 
-    ``text[i]`` says whether field i is text (an object array, None for NULL) rather than float8.
+    A :data:`FLOAT` field (never NULL: the loader sends NULL as NaN) gives a float64 array; an
+    :data:`INTEGER` field an int64 array, or an object array with None where it is NULL; a
+    :data:`TEXT` field an object array of str with None for NULL.
+
+    When every field is 8 bytes wide, every row has the same layout and the whole stream is
+    converted in one vectorized pass; otherwise each row is walked in Python.
     """
     start = _header_length(buffer)
-    n = len(text)
-    if not any(text):
-        width = 2 + 12 * n
-        rows = (len(buffer) - start - 2) // width
-        layout = np.dtype([("count", ">i2")] + [item for i in range(n) for item in ((f"l{i}", ">i4"), (f"v{i}", ">f8"))])
-        records = np.frombuffer(buffer, dtype=layout, count=rows, offset=start)
-        return [records[f"v{i}"].astype(np.float64) for i in range(n)]
-    return _parse_rows(memoryview(buffer), start, text)
+    n = len(wires)
+    if TEXT not in wires:
+        columns = _parse_fixed(buffer, start, n)
+        if columns is not None:
+            return [c.view(np.int64 if wire == INTEGER else np.float64) for c, wire in zip(columns, wires)]
+    return _parse_rows(memoryview(buffer), start, wires)
 
 
-def _parse_rows(view: memoryview, pos: int, text: Sequence[bool]) -> List[np.ndarray]:
-    values: List[list] = [[] for _ in text]
-    unpack_count, unpack_len, unpack_float = struct.Struct(">h").unpack_from, struct.Struct(">i").unpack_from, struct.Struct(">d").unpack_from
-    kinds = list(enumerate(text))
+def _parse_fixed(buffer: bytes, start: int, n: int) -> Optional[np.ndarray]:
+    """The 8-byte values of a stream whose rows are all n fields of 8 bytes, as an (n, rows) array
+    of native-endian uint64 (one contiguous row per field); None if any field is NULL.
+
+    A row is a 2-byte field count then, per field, a 4-byte length and 8 bytes of big-endian value.
+    """
+    width = 2 + 12 * n
+    rows, trailing = divmod(len(buffer) - start - 2, width)
+    if trailing:
+        return None
+    if rows == 0:
+        return np.empty((n, 0), dtype=np.uint64)
+    counts = np.ndarray((rows,), dtype=">u2", buffer=buffer, offset=start, strides=(width,))
+    lengths = np.ndarray((rows, n), dtype=">u4", buffer=buffer, offset=start + 2, strides=(width, 12))
+    if not (np.all(counts == n) and np.all(lengths == 8)):
+        return None
+    big = np.ndarray((rows, n, 8), dtype=np.uint8, buffer=buffer, offset=start + 6, strides=(width, 12, 1))
+    if sys.byteorder == "little":
+        big = big[:, :, ::-1]
+    values = np.empty((n, rows, 8), dtype=np.uint8)
+    # Field-major output gathered from row-major input: block by block, so both stay in cache.
+    for first in range(0, rows, _BLOCK_ROWS):
+        block = np.ascontiguousarray(big[first:first + _BLOCK_ROWS])
+        values[:, first:first + _BLOCK_ROWS] = block.transpose(1, 0, 2)
+    return values.view(np.uint64).reshape(n, rows)
+
+
+def _parse_rows(view: memoryview, pos: int, wires: Sequence[str]) -> List[np.ndarray]:
+    values: List[list] = [[] for _ in wires]
+    unpack_count, unpack_len = struct.Struct(">h").unpack_from, struct.Struct(">i").unpack_from
+    unpack = {FLOAT: struct.Struct(">d").unpack_from, INTEGER: struct.Struct(">q").unpack_from}
+    kinds = [(i, wire == TEXT, unpack.get(wire)) for i, wire in enumerate(wires)]
     while True:
         (count,) = unpack_count(view, pos)
         pos += 2
         if count == -1:
             break
-        for i, is_text in kinds:
+        for i, is_text, unpack_value in kinds:
             (length,) = unpack_len(view, pos)
             pos += 4
             if length < 0:
                 values[i].append(None)
             elif is_text:
                 values[i].append(str(view[pos:pos + length], "utf-8"))
-                pos += length
             else:
-                values[i].append(unpack_float(view, pos)[0])
-                pos += 8
+                values[i].append(unpack_value(view, pos)[0])
+            pos += max(length, 0)
     arrays = []
-    for column, is_text in zip(values, text):
-        if is_text:
+    for column, wire in zip(values, wires):
+        if wire == FLOAT:
+            arrays.append(np.asarray(column, dtype=np.float64))
+        elif wire == INTEGER and None not in column:
+            arrays.append(np.asarray(column, dtype=np.int64))
+        else:
             array = np.empty(len(column), dtype=object)
             array[:] = column
-        else:
-            array = np.asarray(column, dtype=np.float64)
-        arrays.append(array)
+            arrays.append(array)
     return arrays

@@ -14,6 +14,9 @@ from .columns import FeatureColumn, to_number, to_text
 from .errors import PgmlError
 from .single_row import fast_predictor
 
+# JSON numbers as json.loads gives them (bool, a subclass of int, is not one of them).
+_PLAIN_NUMBERS = frozenset((int, float))
+
 Prediction = Tuple[Optional[float], Optional[str], Optional[Dict[str, float]]]
 
 
@@ -40,6 +43,8 @@ class Model:
 
     def _setup(self) -> None:
         self._positions = {c.name: i for i, c in enumerate(self.columns)}
+        self._names = [c.name for c in self.columns]
+        self._all_numbers = all(c.kind == "number" for c in self.columns)
         self._fast = fast_predictor(self.estimator)
         if self.classes is not None:
             self.labels = [label_text(c) for c in self.classes]
@@ -54,7 +59,7 @@ class Model:
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
-        for derived in ("_positions", "_fast", "labels", "_known", "_has_proba"):
+        for derived in ("_positions", "_names", "_all_numbers", "_fast", "labels", "_known", "_has_proba"):
             state.pop(derived, None)
         return state
 
@@ -66,12 +71,25 @@ class Model:
 
     def row_values(self, features: Any) -> List[Any]:
         """The JSON features (an object by column name, or an array in training order) as the raw
-        values training saw: floats for numeric kinds, str or None for text."""
+        values training saw: numbers (NaN for null) for numeric kinds, str or None for text."""
         if isinstance(features, str):
             try:
                 features = json.loads(features)
             except ValueError as exc:
                 raise PgmlError(f"features is not valid JSON: {exc}", hint=self._shape_hint()) from exc
+        if self._all_numbers:
+            # The common case, kept to a few operations per feature: every feature a number column
+            # and every value a JSON number. Anything else takes the checked path below.
+            ordered = None
+            if type(features) is dict and len(features) == len(self._names):
+                try:
+                    ordered = [features[name] for name in self._names]
+                except KeyError:
+                    pass
+            elif type(features) is list and len(features) == len(self._names):
+                ordered = features
+            if ordered is not None and all(type(v) in _PLAIN_NUMBERS for v in ordered):
+                return ordered
         if isinstance(features, Mapping):
             unknown = [k for k in features if k not in self._positions]
             if unknown:

@@ -52,7 +52,12 @@ class ModelStore:
             self._names.clear()
             self._models.clear()
         model_id = self._resolve(ref)
-        return self._load(model_id, ref)
+        model = self._load(model_id, ref)
+        if ref not in self._trained and ref not in self._deployed:
+            # Remembered until a deployment changes, like a name: an id must not cost a lookup
+            # of a deployed model of that name at every prediction.
+            self._names[ref] = model_id
+        return model
 
     def _in_progress(self, txid: int) -> Optional[bool]:
         """True while txid runs, False once it committed, None if it rolled back."""
@@ -70,10 +75,7 @@ class ModelStore:
         if ref in self._names:
             return self._names[ref]
         rows = self.server.fetch("SELECT id FROM pgml.deployed_models WHERE name = %s", (ref,))
-        if rows:
-            self._names[ref] = rows[0][0]
-            return rows[0][0]
-        return ref  # an id, or nothing: _load tells
+        return rows[0][0] if rows else ref  # else an id, or nothing: _load tells
 
     def _load(self, model_id: str, ref: str) -> Model:
         if model_id in self._trained:

@@ -357,10 +357,11 @@ $$;
 CREATE FUNCTION pgml.score(model text, features jsonb) RETURNS double precision
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 DECLARE
+    resolved text := pgml._resolve(model);  -- once: as a condition of the query it would run twice
     answer record;
 BEGIN
     SELECT p.prediction, p.label INTO answer
-    FROM pgml.predictions p WHERE p.model = pgml._resolve(score.model) AND p.features = score.features;
+    FROM pgml.predictions p WHERE p.model = resolved AND p.features = score.features;
     IF answer.prediction IS NULL AND answer.label IS NOT NULL THEN
         RAISE EXCEPTION 'model "%" predicts text classes, which pgml.score cannot return as a number', model
             USING HINT = 'Use pgml.classify(model, features) for the class as text.';
@@ -376,10 +377,11 @@ LANGUAGE sql STABLE AS $$ SELECT pgml.score(model, pgml._features(features)) $$;
 CREATE FUNCTION pgml.classify(model text, features jsonb) RETURNS text
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 DECLARE
+    resolved text := pgml._resolve(model);  -- once: as a condition of the query it would run twice
     answer record;
 BEGIN
     SELECT p.prediction, p.label INTO answer
-    FROM pgml.predictions p WHERE p.model = pgml._resolve(classify.model) AND p.features = classify.features;
+    FROM pgml.predictions p WHERE p.model = resolved AND p.features = classify.features;
     IF answer.label IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', model
             USING HINT = 'Use pgml.score(model, features) for its prediction.';
@@ -395,10 +397,11 @@ LANGUAGE sql STABLE AS $$ SELECT pgml.classify(model, pgml._features(features)) 
 CREATE FUNCTION pgml.predict_proba(model text, features jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 DECLARE
+    resolved text := pgml._resolve(model);  -- once: as a condition of the query it would run twice
     answer record;
 BEGIN
     SELECT p.label, p.probabilities INTO answer
-    FROM pgml.predictions p WHERE p.model = pgml._resolve(predict_proba.model) AND p.features = predict_proba.features;
+    FROM pgml.predictions p WHERE p.model = resolved AND p.features = predict_proba.features;
     IF answer.label IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model and has no class probabilities', model
             USING HINT = 'Use pgml.score(model, features) for its prediction.';
