@@ -21,6 +21,8 @@ PREDICTION_VIEW = "bench.pred_train"   # x1..x10, y of the first train_rows rows
 WIDE_VIEW = "bench.wide_view"          # x1..x20, y: read by c, trained on by d
 MODELS = {"linear": "bench_linear", "random_forest": "bench_forest"}
 END_TO_END_MODEL = "bench_e2e"
+FLOOR_SERVER = "pgml_bench_floor"
+FLOOR_TABLE = "bench.floor"            # pgml.predictions' columns, answered by bench/floor_fdw.py
 PREDICTION_FEATURES = [f"x{i}" for i in range(1, 11)]
 WIDE_FEATURES = [f"x{i}" for i in range(1, 21)]
 
@@ -54,6 +56,7 @@ class Fixtures:
         """Removes what an earlier run may have left, and makes an empty schema bench."""
         self._run("DELETE FROM pgml.model_versions WHERE name LIKE 'bench\\_%'")
         self._run(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        self._run(f"DROP SERVER IF EXISTS {FLOOR_SERVER} CASCADE")
         self._run(f"CREATE SCHEMA {SCHEMA}")
         self._run("SET max_parallel_workers_per_gather = 0")
 
@@ -61,6 +64,7 @@ class Fixtures:
         """Drops every bench_ model (with its estimators and deployments) and the schema."""
         self._run("DELETE FROM pgml.model_versions WHERE name LIKE 'bench\\_%'")
         self._run(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        self._run(f"DROP SERVER IF EXISTS {FLOOR_SERVER} CASCADE")
 
     def prediction_data(self) -> None:
         """bench.pred_data (score_rows rows) and the training view over its first train_rows."""
@@ -103,6 +107,19 @@ class Fixtures:
         rows = self._run(f"SELECT id, {', '.join(PREDICTION_FEATURES)} FROM {PREDICTION_TABLE} ORDER BY id")
         matrix = np.asarray(rows, dtype=np.float64)
         return {name: matrix[:, i] for i, name in enumerate(["id"] + PREDICTION_FEATURES)}
+
+    def floor_table(self) -> str:
+        """bench.floor: a foreign table with pgml.predictions' columns whose wrapper
+        (bench/floor_fdw.py) answers with a constant: Multicorn's cost without a model."""
+        if "floor" not in self._made:
+            columns = self._run("SELECT string_agg(format('%I %s', attname, format_type(atttypid, atttypmod)), ', ' "
+                                "ORDER BY attnum) FROM pg_attribute "
+                                "WHERE attrelid = 'pgml.predictions'::regclass AND attnum > 0 AND NOT attisdropped")[0][0]
+            self._run(f"CREATE SERVER {FLOOR_SERVER} FOREIGN DATA WRAPPER multicorn "
+                      "OPTIONS (wrapper 'bench.floor_fdw.ConstantPrediction')")
+            self._run(f"CREATE FOREIGN TABLE {FLOOR_TABLE} ({columns}) SERVER {FLOOR_SERVER}")
+            self._made.add("floor")
+        return FLOOR_TABLE
 
     def wide_view(self) -> str:
         """bench.wide_view: load_rows rows of 20 float features and y, over a plain table."""

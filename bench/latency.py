@@ -2,9 +2,11 @@
 
 On one connection, round after round, each query form answers one prediction for the same row:
 pgml.predictions, pgml.score(), and a prepared EXECUTE of the predictions query, next to SELECT 1
-(the floor of a SQL round trip from this client). Next to them, in this process, scikit-learn's own
-predict on the encoded row and Model.predict_row (the wrapper's path minus SQL), on the model
-unpickled from pgml.model_estimators. The order of the forms rotates every round.
+(the floor of a SQL round trip from this client) and the same query against a Multicorn table that
+answers with a constant (bench/floor_fdw.py: the floor of any Multicorn scan). Next to them, in this
+process, scikit-learn's own predict on the encoded row and Model.predict_row (the wrapper's path
+minus SQL), on the model unpickled from pgml.model_estimators. The order of the forms rotates every
+round.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ WARMUP = 30     # rounds before measuring: the first query of a connection impor
 
 FORMS = {
     "select1": "SELECT 1",
+    "floor": "the same query on a constant Multicorn table",
     "predictions": "pgml.predictions query",
     "score": "SELECT pgml.score()",
     "prepared": "prepared EXECUTE of the predictions query",
@@ -49,6 +52,7 @@ def _measure_model(fixtures: Fixtures, sizes: Sizes, label: str, name: str,
     model = fixtures.load_model(name)
     rows = fixtures.feature_rows(POOL)
     payloads = [json.dumps(r) for r in rows]
+    floor_sql = PREDICT_SQL.replace("pgml.predictions", fixtures.floor_table())
     encoded = [model.encoder.transform_row(model.row_values(r)).reshape(1, -1) for r in rows]
     conn = connect()
     cur = conn.cursor()
@@ -62,6 +66,7 @@ def _measure_model(fixtures: Fixtures, sizes: Sizes, label: str, name: str,
 
     calls: Dict[str, Callable[[int], Any]] = {
         "select1": sql("SELECT 1", with_features=False),
+        "floor": sql(floor_sql),
         "predictions": sql(PREDICT_SQL),
         "score": sql(SCORE_SQL),
         "prepared": sql(EXECUTE_SQL),
@@ -97,6 +102,10 @@ def _measure_model(fixtures: Fixtures, sizes: Sizes, label: str, name: str,
             out.append(Measurement(
                 "a", f"{label}: {FORMS[key]} {pct}", "ms", stats[key][pct], f"SELECT 1 {pct}",
                 stats["select1"][pct], target if key == "predictions" and pct == "p50" else None, details))
+    out.append(Measurement("a", f"{label}: {FORMS['predictions']} p50", "ms", stats["predictions"]["p50"],
+                           f"{FORMS['floor']} p50", stats["floor"]["p50"], None, details))
+    out.append(Measurement("a", f"{label}: {FORMS['floor']} p50", "ms", stats["floor"]["p50"],
+                           "SELECT 1 p50", stats["select1"]["p50"], None, details))
     out.append(Measurement("a", f"{label}: {FORMS['predictions']} p50", "ms", stats["predictions"]["p50"],
                            "scikit-learn predict p50", stats["sklearn"]["p50"], None, details))
     out.append(Measurement("a", f"{label}: {FORMS['predict_row']} p50", "ms", stats["predict_row"]["p50"],

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from itertools import repeat
+from typing import Any, Container, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .columns import FeatureColumn
 from .connection import ServerConnection
 from .errors import PgmlError
 from .loading import FLOAT, INTEGER, TEXT, read_columns, relation_columns
-from .model import Model
+from .model import Model, Prediction
 
 
 def session_role(server: ServerConnection) -> str:
@@ -41,22 +42,32 @@ def _fields(server: ServerConnection, model: Model, relation: str, key_column: O
     return fields
 
 
-def score_relation(server: ServerConnection, dsn: str, model: Model, ref: str, relation: str,
-                   key_column: Optional[str]) -> Iterator[Dict[str, Any]]:
-    """One row per row of the relation: its prediction and, if asked, its key_column as ``key``."""
+def score_relation(server: ServerConnection, dsn: str, model: Model, relation: str,
+                   key_column: Optional[str]) -> Tuple[Optional[List[Any]], List[Prediction]]:
+    """Every row of the relation's prediction and, if key_column is given, its key (else None)."""
     rows = server.fetch("SELECT to_regclass(%s)::text", (relation,))
     if rows[0][0] is None:
         raise PgmlError(f'relation "{relation}" does not exist',
                         hint="Name a table or view, schema-qualified unless it is in public.")
     fields = _fields(server, model, rows[0][0], key_column)
     arrays = read_columns(dsn, session_role(server), rows[0][0], fields)
-    data = {c.name: a for c, a in zip(model.columns, arrays)}
-    keys = arrays[-1] if key_column is not None else None
-    for i, (prediction, label, probabilities) in enumerate(model.predict_arrays(data)):
-        yield {
-            "model": ref, "relation": relation, "key_column": key_column,
-            "key": None if keys is None else keys[i],
-            "prediction": prediction, "label": label,
-            "probabilities": None if probabilities is None else json.dumps(probabilities),
-            "version": model.version,
-        }
+    predictions = model.predict_arrays({c.name: a for c, a in zip(model.columns, arrays)})
+    return (arrays[-1].tolist() if key_column is not None else None), predictions
+
+
+def as_rows(order: Sequence[str], needed: Container[str], constant: Mapping[str, Any],
+            keys: Optional[List[Any]], predictions: List[Prediction]) -> Iterator[Tuple[Any, ...]]:
+    """Rows of pgml.predictions as sequences in its column order (``order``), which Multicorn turns
+    into tuples with no lookup by name: per row the prediction, label, probabilities and key;
+    ``constant`` gives the columns that are the same in every row. Columns the query does not
+    need stay NULL, so nothing is converted for them.
+    """
+    values, labels, probabilities = zip(*predictions) if predictions else ((), (), ())
+    per_row: Dict[str, Iterable[Any]] = {"prediction": values}
+    if "label" in needed:
+        per_row["label"] = labels
+    if "probabilities" in needed:
+        per_row["probabilities"] = [None if p is None else json.dumps(p) for p in probabilities]
+    if keys is not None and "key" in needed:
+        per_row["key"] = keys
+    return zip(*(per_row[name] if name in per_row else repeat(constant.get(name)) for name in order))

@@ -43,6 +43,7 @@ class ServerConnection:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self._conn: Optional[psycopg2.extensions.connection] = None
+        self._readable = select.poll()  # watches the connection's socket for notifications
 
     @property
     def conn(self) -> "psycopg2.extensions.connection":
@@ -53,6 +54,8 @@ class ServerConnection:
                 cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                 # The caller's own uncommitted DDL can lock what this connection reads: fail, not hang.
                 cur.execute("SET lock_timeout = '5s'")
+            self._readable = select.poll()
+            self._readable.register(conn.fileno(), select.POLLIN)
             self._conn = conn
         return self._conn
 
@@ -77,7 +80,7 @@ class ServerConnection:
         if self._conn is None or self._conn.closed:
             return True  # a new connection missed whatever happened before it
         conn = self._conn
-        if select.select([conn], [], [], 0)[0] or conn.notifies:
+        if self._readable.poll(0) or conn.notifies:
             try:
                 conn.poll()
             except psycopg2.OperationalError:

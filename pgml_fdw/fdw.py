@@ -64,12 +64,18 @@ def _json_text(value: Any) -> Optional[str]:
     return None if value is None else json.dumps(value)
 
 
-class TrainingRuns:
-    """pgml.training_runs: INSERT trains a model; SELECT lists the stored versions."""
+class _Table:
+    """A handler of one foreign table, given the foreign server's dsn and the table's columns in
+    order; it shares the backend's connection and model store."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, column_order: List[str]) -> None:
         self.dsn = dsn
+        self.column_order = column_order
         self.server, self.store = _services(dsn)
+
+
+class TrainingRuns(_Table):
+    """pgml.training_runs: INSERT trains a model; SELECT lists the stored versions."""
 
     def insert(self, values: Dict[str, Any]) -> Dict[str, Any]:
         from .training import TrainingOptions, run
@@ -111,11 +117,8 @@ class TrainingRuns:
             yield record
 
 
-class TrainedEstimators:
+class TrainedEstimators(_Table):
     """pgml.trained_estimators (internal): hands a trained estimator to the store, once."""
-
-    def __init__(self, dsn: str) -> None:
-        pass
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
         token = _equalities(quals).get("token")
@@ -124,11 +127,8 @@ class TrainedEstimators:
             yield {"token": token, "estimator": blob, "details": _json_text(details)}
 
 
-class ModelCache:
+class ModelCache(_Table):
     """pgml.model_cache (internal): told of this session's deployments as they are made."""
-
-    def __init__(self, dsn: str) -> None:
-        self.server, self.store = _services(dsn)
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
         wanted = _equalities(quals)
@@ -137,11 +137,8 @@ class ModelCache:
         return []
 
 
-class Algorithms:
+class Algorithms(_Table):
     """pgml.algorithms: the catalogue."""
-
-    def __init__(self, dsn: str) -> None:
-        pass
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
         from . import algorithms
@@ -157,14 +154,10 @@ class Algorithms:
             }
 
 
-class Predictions:
+class Predictions(_Table):
     """pgml.predictions: one row for WHERE model AND features, or a whole relation's rows."""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.server, self.store = _services(dsn)
-
-    def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
+    def execute(self, quals: List[Any], columns: Any) -> Iterable[Any]:
         wanted = _equalities(quals)
         ref = wanted.get("model")
         if ref is None or ("features" not in wanted and "relation" not in wanted):
@@ -181,9 +174,12 @@ class Predictions:
                    "prediction": prediction, "label": label, "probabilities": _json_text(probabilities),
                    "version": model.version}
             return
-        from .batch import score_relation
+        from .batch import as_rows, score_relation
 
-        yield from score_relation(self.server, self.dsn, model, ref, wanted["relation"], wanted.get("key_column"))
+        relation, key_column = wanted["relation"], wanted.get("key_column")
+        keys, predictions = score_relation(self.server, self.dsn, model, relation, key_column)
+        constant = {"model": ref, "relation": relation, "key_column": key_column, "version": model.version}
+        yield from as_rows(self.column_order, columns, constant, keys, predictions)
 
     @staticmethod
     def get_rel_size(quals: List[Any], columns: Any) -> Tuple[int, int]:
@@ -201,7 +197,7 @@ class Predictions:
         return [(("model", "features"), 1)]
 
 
-_HANDLERS = {
+_HANDLERS: Dict[str, Callable[[str, List[str]], _Table]] = {
     "training_runs": TrainingRuns,
     "predictions": Predictions,
     "algorithms": Algorithms,
@@ -218,7 +214,7 @@ class PgmlWrapper(ForeignDataWrapper):
         table = options.get("table")
         if table not in _HANDLERS or "dsn" not in options:
             raise ValueError(f"pgml_fdw foreign tables need the options table (one of {sorted(_HANDLERS)}) and dsn")
-        self.handler = _HANDLERS[table](options["dsn"])
+        self.handler = _HANDLERS[table](options["dsn"], list(columns))
 
     @property
     def rowid_column(self) -> str:
