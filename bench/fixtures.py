@@ -22,6 +22,7 @@ WIDE_VIEW = "bench.wide_view"          # x1..x20, y: read by c, trained on by d
 MODELS = {"linear": "bench_linear", "random_forest": "bench_forest"}
 END_TO_END_MODEL = "bench_e2e"
 FLOOR_SERVER = "pgml_bench_floor"
+READER_ROLE = "pgml_bench_reader"      # a role other than the extension owner, allowed to read the wide view
 FLOOR_TABLE = "bench.floor"            # pgml.predictions' columns, answered by bench/floor_fdw.py
 PREDICTION_FEATURES = [f"x{i}" for i in range(1, 11)]
 WIDE_FEATURES = [f"x{i}" for i in range(1, 21)]
@@ -57,6 +58,7 @@ class Fixtures:
         self._run("DELETE FROM pgml.model_versions WHERE name LIKE 'bench\\_%'")
         self._run(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         self._run(f"DROP SERVER IF EXISTS {FLOOR_SERVER} CASCADE")
+        self._drop_reader()
         self._run(f"CREATE SCHEMA {SCHEMA}")
         self._run("SET max_parallel_workers_per_gather = 0")
 
@@ -65,6 +67,12 @@ class Fixtures:
         self._run("DELETE FROM pgml.model_versions WHERE name LIKE 'bench\\_%'")
         self._run(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         self._run(f"DROP SERVER IF EXISTS {FLOOR_SERVER} CASCADE")
+        self._drop_reader()
+
+    def _drop_reader(self) -> None:
+        if self._run("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER_ROLE,)):
+            self._run(f"DROP OWNED BY {READER_ROLE}")
+            self._run(f"DROP ROLE {READER_ROLE}")
 
     def prediction_data(self) -> None:
         """bench.pred_data (score_rows rows) and the training view over its first train_rows."""
@@ -120,6 +128,17 @@ class Fixtures:
             self._run(f"CREATE FOREIGN TABLE {FLOOR_TABLE} ({columns}) SERVER {FLOOR_SERVER}")
             self._made.add("floor")
         return FLOOR_TABLE
+
+    def reader_role(self) -> str:
+        """A role that is not the extension owner, allowed to read the wide view: training as it
+        reads through a SECURITY DEFINER function (see pgml_fdw.connection.read_as)."""
+        if "reader" not in self._made:
+            view = self.wide_view()
+            self._run(f"CREATE ROLE {READER_ROLE} NOLOGIN")
+            self._run(f"GRANT USAGE ON SCHEMA {SCHEMA} TO {READER_ROLE}")
+            self._run(f"GRANT SELECT ON {view} TO {READER_ROLE}")
+            self._made.add("reader")
+        return READER_ROLE
 
     def wide_view(self) -> str:
         """bench.wide_view: load_rows rows of 20 float features and y, over a plain table."""

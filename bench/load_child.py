@@ -1,7 +1,8 @@
 """One read of a relation, in a process of its own, for scenario c: prints a JSON line with the
 seconds it took, the rows read and the peak resident memory it added.
 
-    python3 bench/load_child.py pgml DSN RELATION Y_COLUMN   the wrapper's loader (read_training_data)
+    python3 bench/load_child.py pgml DSN RELATION Y_COLUMN [ROLE]   the wrapper's loader
+        (read_training_data), reading as ROLE (default: the dsn's own user)
     python3 bench/load_child.py copy_text DSN RELATION Y_COLUMN    COPY (SELECT * ...) TO STDOUT,
     python3 bench/load_child.py copy_binary DSN RELATION Y_COLUMN  discarded as it arrives
 
@@ -43,10 +44,10 @@ class _Discard:
         return len(chunk)
 
 
-def read_with_pgml(dsn: str, relation: str, y_column: str) -> Dict[str, Any]:
+def read_with_pgml(dsn: str, relation: str, y_column: str, role: str) -> Dict[str, Any]:
     """Reads the relation as pgml.train does: read_training_data into float64 arrays."""
     server = ServerConnection(dsn)
-    role = server.fetch("SELECT current_user")[0][0]
+    role = role or server.fetch("SELECT current_user")[0][0]
     y, features = feature_columns(server, relation, y_column)
     before = _max_rss_bytes()
     started = time.perf_counter()
@@ -77,7 +78,7 @@ def main() -> None:
     """Runs one read as the command line asks and prints its JSON line."""
     mode, dsn, relation, y_column = sys.argv[1:5]
     if mode == "pgml":
-        result = read_with_pgml(dsn, relation, y_column)
+        result = read_with_pgml(dsn, relation, y_column, sys.argv[5] if len(sys.argv) > 5 else "")
     else:
         result = read_with_copy(dsn, relation, binary=mode == "copy_binary")
     print(json.dumps(result))

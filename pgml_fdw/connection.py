@@ -98,21 +98,27 @@ def read_as(dsn: str, role: str, select_sql: sql.Composable, result_columns: sql
 
     The SELECT runs inside a temporary SECURITY DEFINER function owned by ``role``: privileges and
     row-level security apply as for that role, and PostgreSQL refuses ``SET ROLE`` and ``SET SESSION
-    AUTHORIZATION`` inside it, so code in a view cannot take over the privileged connection. The
-    connection is the caller's alone and is closed afterwards.
+    AUTHORIZATION`` inside it, so code in a view cannot take over the privileged connection. When
+    ``role`` is the very user the connection logged in as, there is nothing to take over and the
+    function would change nothing, so the SELECT is returned as it is (and its rows stream rather
+    than being gathered by the function first). The connection is the caller's alone and is closed
+    afterwards.
     """
     conn = connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute("SET statement_timeout = 0; SET jit = off")
-            cur.execute(
-                sql.SQL(
-                    "CREATE FUNCTION pg_temp.pgml_read() RETURNS TABLE ({}) LANGUAGE sql STABLE "
-                    "SECURITY DEFINER AS {}"
-                ).format(result_columns, sql.Literal(select_sql.as_string(conn)))
-            )
-            cur.execute(sql.SQL("ALTER FUNCTION pg_temp.pgml_read() OWNER TO {}").format(sql.Identifier(role)))
-            yield cur, sql.SQL("SELECT * FROM pg_temp.pgml_read()")
+            if role == conn.info.user:
+                yield cur, select_sql
+            else:
+                cur.execute(
+                    sql.SQL(
+                        "CREATE FUNCTION pg_temp.pgml_read() RETURNS TABLE ({}) LANGUAGE sql STABLE "
+                        "SECURITY DEFINER AS {}"
+                    ).format(result_columns, sql.Literal(select_sql.as_string(conn)))
+                )
+                cur.execute(sql.SQL("ALTER FUNCTION pg_temp.pgml_read() OWNER TO {}").format(sql.Identifier(role)))
+                yield cur, sql.SQL("SELECT * FROM pg_temp.pgml_read()")
         conn.rollback()
     finally:
         conn.close()

@@ -2,8 +2,8 @@
 
 One ``COPY (SELECT ...) TO STDOUT (FORMAT binary)`` reads every row. Numeric kinds are converted by
 the database to float8 with NULL as NaN (see :func:`columns.load_expression`), so when no column is
-text every row has the same width and the whole buffer becomes arrays in one vectorized pass: no
-Python object per value. Text columns take a per-row path.
+text every row has the same width and the buffer becomes arrays in one vectorized pass, in place:
+no Python object per value, no second copy. Text columns take a per-row path.
 """
 from __future__ import annotations
 
@@ -171,43 +171,46 @@ def parse_binary_copy(buffer: bytes, wires: Sequence[str]) -> List[np.ndarray]:
     :data:`INTEGER` field an int64 array, or an object array with None where it is NULL; a
     :data:`TEXT` field an object array of str with None for NULL.
 
-    When every field is 8 bytes wide, every row has the same layout and the whole stream is
-    converted in one vectorized pass; otherwise each row is walked in Python.
+    When every field is 8 bytes wide, every row has the same layout and the stream is converted in
+    one vectorized pass, in place: the columns are then views into the buffer (a bytearray is used
+    as it is; anything else is copied first). Otherwise each row is walked in Python.
     """
     start = _header_length(buffer)
-    n = len(wires)
     if TEXT not in wires:
-        columns = _parse_fixed(buffer, start, n)
-        if columns is not None:
-            return [c.view(np.int64 if wire == INTEGER else np.float64) for c, wire in zip(columns, wires)]
+        if not isinstance(buffer, bytearray):
+            buffer = bytearray(buffer)
+        matrix = _parse_fixed(buffer, start, len(wires))
+        if matrix is not None:
+            return [matrix[:, i].view(np.int64 if wire == INTEGER else np.float64) for i, wire in enumerate(wires)]
     return _parse_rows(memoryview(buffer), start, wires)
 
 
-def _parse_fixed(buffer: bytes, start: int, n: int) -> Optional[np.ndarray]:
-    """The 8-byte values of a stream whose rows are all n fields of 8 bytes, as an (n, rows) array
-    of native-endian uint64 (one contiguous row per field); None if any field is NULL.
+def _parse_fixed(buffer: bytearray, start: int, n: int) -> Optional[np.ndarray]:
+    """The 8-byte values of a stream whose rows are all n fields of 8 bytes, as a (rows, n) array
+    of native-endian uint64 written over the start of the buffer; None if any field is NULL.
 
     A row is a 2-byte field count then, per field, a 4-byte length and 8 bytes of big-endian value.
+    Row r of the result ends at byte 8n(r + 1), before row r + 1 of the stream begins, so converting
+    block by block in row order never overwrites a row not yet read, and needs no second matrix.
     """
     width = 2 + 12 * n
     rows, trailing = divmod(len(buffer) - start - 2, width)
     if trailing:
         return None
     if rows == 0:
-        return np.empty((n, 0), dtype=np.uint64)
+        return np.empty((0, n), dtype=np.uint64)
     counts = np.ndarray((rows,), dtype=">u2", buffer=buffer, offset=start, strides=(width,))
     lengths = np.ndarray((rows, n), dtype=">u4", buffer=buffer, offset=start + 2, strides=(width, 12))
     if not (np.all(counts == n) and np.all(lengths == 8)):
         return None
-    big = np.ndarray((rows, n, 8), dtype=np.uint8, buffer=buffer, offset=start + 6, strides=(width, 12, 1))
+    values = np.ndarray((rows, n, 8), dtype=np.uint8, buffer=buffer, offset=start + 6, strides=(width, 12, 1))
     if sys.byteorder == "little":
-        big = big[:, :, ::-1]
-    values = np.empty((n, rows, 8), dtype=np.uint8)
-    # Field-major output gathered from row-major input: block by block, so both stay in cache.
+        values = values[:, :, ::-1]
+    out = np.ndarray((rows, n, 8), dtype=np.uint8, buffer=buffer)
     for first in range(0, rows, _BLOCK_ROWS):
-        block = np.ascontiguousarray(big[first:first + _BLOCK_ROWS])
-        values[:, first:first + _BLOCK_ROWS] = block.transpose(1, 0, 2)
-    return values.view(np.uint64).reshape(n, rows)
+        block = np.ascontiguousarray(values[first:first + _BLOCK_ROWS])  # read before overwritten
+        out[first:first + _BLOCK_ROWS] = block
+    return out.view(np.uint64).reshape(rows, n)
 
 
 def _parse_rows(view: memoryview, pos: int, wires: Sequence[str]) -> List[np.ndarray]:

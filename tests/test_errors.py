@@ -77,3 +77,20 @@ def test_training_reads_with_the_callers_row_level_security(db: Session, name: s
     session.close()
     rows = db.one("SELECT train_rows + test_rows FROM pgml.model_versions WHERE id = %s", (model_id,))
     assert rows == 60  # only the rows the policy lets the trainer see
+
+
+@pytest.mark.parametrize("escalation", ["SET SESSION AUTHORIZATION postgres", "SET ROLE postgres", "RESET ROLE"])
+def test_view_code_cannot_take_over_the_wrappers_connection(db: Session, name: str, escalation: str) -> None:
+    """The wrapper reads a trainer's view on a connection of the extension owner's: code in the
+    view runs inside a function owned by the trainer, where PostgreSQL refuses to change role."""
+    trainer = role(db, "pgml_sneaky", ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}"])
+    session = Session(user=trainer)
+    session.run(f"CREATE FUNCTION sneaky_escalate() RETURNS float8 LANGUAGE plpgsql VOLATILE AS "
+                f"$$ BEGIN {escalation}; RETURN 0; END $$")
+    session.run("CREATE TABLE sneaky_data AS SELECT g::float8 AS x, 2.0 * g AS y FROM generate_series(1, 50) g")
+    session.run("CREATE VIEW sneaky_view AS SELECT x, y + sneaky_escalate() AS y FROM sneaky_data")
+    error = session.error("SELECT pgml.train('sneaky_view', 'y', name => %s)", (name,))
+    session.close()
+    assert "cannot set parameter" in error.diag.message_primary
+    assert "within security-definer function" in error.diag.message_primary
+    assert db.one("SELECT count(*) FROM pgml.model_versions WHERE name = %s", (name,)) == 0
