@@ -170,9 +170,14 @@ class Predictions(_Table):
         if "features" in wanted:
             features = wanted["features"]  # jsonb arrives as text (Multicorn 1.4) or parsed
             prediction, label, probabilities = model.predict_row(features)
-            yield {"model": ref, "features": features if isinstance(features, str) else _json_text(features),
-                   "prediction": prediction, "label": label, "probabilities": _json_text(probabilities),
-                   "version": model.version}
+            row = {"model": ref, "features": features if isinstance(features, str) else _json_text(features),
+                   "prediction": prediction, "label": label}
+            if "probabilities" in columns:
+                row["probabilities"] = _json_text(probabilities)
+            if "version" in columns:
+                row["version"] = model.version
+            # A sequence in column order: Multicorn converts it without a lookup per column name.
+            yield tuple(row.get(name) for name in self.column_order)
             return
         from .batch import as_rows, score_relation
 

@@ -140,3 +140,16 @@ def test_without_conditions_is_an_error(db: Session) -> None:
     error = db.error("SELECT * FROM pgml.predictions")
     assert "needs WHERE model" in error.pgerror and "HINT" in error.pgerror
     assert db.pid() == pid  # the backend lives on
+
+
+def test_every_column_of_a_single_prediction(db: Session, name: str) -> None:
+    make_table(db, "bits_one", "x float8, flag boolean", [(float(i), i >= 30) for i in range(60)])
+    db.one("SELECT pgml.train('bits_one', 'flag', name => %s)", (name,))
+    db.one("SELECT pgml.train('bits_one', 'flag', name => %s, deploy => false)", (name,))
+    row = db.one("SELECT model, features, prediction, label, probabilities, version, relation, key_column, key "
+                 "FROM pgml.predictions WHERE model = %s AND features = '[50]'", (name,))
+    assert row[:4] == (name, [50], 1.0, "true")
+    assert set(row[4]) == {"false", "true"} and row[4]["true"] > 0.5
+    assert row[5] == 1  # the deployed version answered, not the newest
+    assert row[6:] == (None, None, None)
+    assert db.one("SELECT version FROM pgml.predictions WHERE model = %s AND features = '[50]'", (f"{name}_2",)) == 2
