@@ -33,7 +33,7 @@ class Sizes:
     load_rows: int        # rows of the 20-feature view of c and d
     repeats: int          # interleaved repetitions in b, c and d
     pgbench_seconds: int  # measured seconds per pgbench run in e (after every client is warm)
-    pgbench_rounds: int   # alternations of baseline and subject per client count in e
+    pgbench_rounds: int   # rotations of the forms (subject and baselines) per client count in e
 
     @classmethod
     def from_env(cls) -> "Sizes":

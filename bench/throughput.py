@@ -1,7 +1,8 @@
 """Scenario e: throughput with 1, 2, 4 and 8 clients predicting at once, through pgbench.
 
-For each client count, pgbench runs a script calling the predictions query for the linear model, and
-one calling SELECT 1, alternately. Every new connection imports scikit-learn on its first
+For each client count, pgbench runs a script calling the predictions query for the linear model, one
+calling SELECT 1, and one sending the same query to a Multicorn table that answers with a constant
+(bench/floor_fdw.py: what any Multicorn scan costs), in rotating order. Every new connection imports scikit-learn on its first
 prediction, so tps is counted from the per-transaction log, from the moment every client has
 finished its first transaction to the last transaction of the run.
 """
@@ -17,7 +18,7 @@ import tempfile
 from typing import Dict, List, Tuple
 
 from fixtures import Fixtures
-from harness import DATABASE, PORT, Measurement, Sizes, median
+from harness import DATABASE, PORT, Measurement, Sizes, median, rotated
 
 CLIENTS = (1, 2, 4, 8)
 
@@ -77,19 +78,24 @@ def run(fixtures: Fixtures, sizes: Sizes) -> List[Measurement]:
     """tps of the predictions query and of SELECT 1 at each client count."""
     name = fixtures.model("linear")
     features = json.dumps(fixtures.feature_rows(1)[0]).replace("'", "''")
+    query = f"SELECT prediction FROM pgml.predictions WHERE model = '{name}' AND features = '{features}';"
     scripts = {
-        "predictions": f"SELECT prediction FROM pgml.predictions WHERE model = '{name}' AND features = '{features}';",
+        "predictions": query,
         "select1": "SELECT 1;",
+        "floor": query.replace("pgml.predictions", fixtures.floor_table()),
     }
     out: List[Measurement] = []
     for clients in CLIENTS:
-        runs: Dict[str, List[Dict[str, float]]] = {"select1": [], "predictions": []}
+        runs: Dict[str, List[Dict[str, float]]] = {form: [] for form in scripts}
         for r in range(sizes.pgbench_rounds):
-            for form in (("select1", "predictions") if r % 2 == 0 else ("predictions", "select1")):
+            for form in rotated(list(scripts), r):
                 seconds = _run_seconds(form, clients, sizes.pgbench_seconds)
                 runs[form].append(_pgbench(scripts[form], clients, seconds, sizes.pgbench_seconds / 2))
         tps = {form: median([run_["tps"] for run_ in results]) for form, results in runs.items()}
-        out.append(Measurement("e", f"predictions query, {clients} client{'s' if clients > 1 else ''}", "tps",
-                               tps["predictions"], f"SELECT 1, {clients} client{'s' if clients > 1 else ''}",
-                               tps["select1"], None, {"clients": clients, "runs": runs}))
+        details = {"clients": clients, "runs": runs}
+        label = f"{clients} client{'s' if clients > 1 else ''}"
+        out.append(Measurement("e", f"predictions query, {label}", "tps", tps["predictions"],
+                               f"SELECT 1, {label}", tps["select1"], None, details))
+        out.append(Measurement("e", f"predictions query, {label}", "tps", tps["predictions"],
+                               f"the same query on a constant Multicorn table, {label}", tps["floor"], None, details))
     return out
