@@ -64,20 +64,25 @@ def setup(sizes: Sizes, scenarios: List[str]) -> List[str]:
         f"- a: models trained by pgml.train on {sizes.train_rows:,} rows x 10 float features: linear regression "
         "and a random forest of 100 trees (scikit-learn defaults). One psycopg2 connection over TCP loopback, "
         f"warmed up, then {sizes.latency_rounds:,} rounds, each running every form once for the same row "
-        "(200 rows cycled) in rotating order. scikit-learn predict and Model.predict_row run in the benchmark's "
-        "process on the model unpickled from pgml.model_estimators.",
+        "(200 rows cycled) in rotating order. The floor of any Multicorn scan: the same query on a foreign table "
+        "with pgml.predictions' columns whose wrapper (bench/floor_fdw.py) returns a constant. scikit-learn "
+        "predict and Model.predict_row run in the benchmark's process on the model unpickled from "
+        "pgml.model_estimators.",
         f"- b: {sizes.score_rows:,} rows scored in one query and fetched by the client; scikit-learn predicts the "
         f"encoded matrix in-process; LATERAL over {sizes.lateral_rows:,} rows (features by jsonb_build_object). "
         f"Median of {sizes.repeats} interleaved repetitions.",
         f"- c: {sizes.load_rows:,} rows x (20 float features + y) from a view, each read in a new process through "
-        "the wrapper's own dsn (Unix socket); COPY baselines discard the data as it arrives. Peak memory: "
-        f"VmHWM after the read minus before it. Median of {sizes.repeats} interleaved repetitions.",
+        "the wrapper's own dsn (Unix socket): by read_training_data as the extension owner (the dsn's user: a "
+        "direct COPY) and as another role (through a SECURITY DEFINER function it owns); COPY baselines discard "
+        "the data as it arrives. Peak memory: VmHWM after the read minus before it. Median of "
+        f"{sizes.repeats} interleaved repetitions.",
         f"- d: pgml.train(view, 'y') on a new connection against bench/standalone_train.py in a new process, "
         f"same view, same split, same estimator, same metrics (r2 checked equal). Median of {sizes.repeats} "
         "interleaved repetitions.",
         "- e: pgbench -n -c N -j N, simple protocol, TCP loopback; tps counted from the per-transaction log once "
-        f"every client has finished its first transaction, over about {sizes.pgbench_seconds} s; median over "
-        f"{sizes.pgbench_rounds} round(s) of baseline then subject, alternating which goes first.",
+        f"every client has finished its first transaction, over about {sizes.pgbench_seconds} s; the predictions "
+        "query, SELECT 1 and the query on the constant Multicorn table of a, in rotating order; median over "
+        f"{sizes.pgbench_rounds} round(s).",
     ]
     return [text for text in lines if text[2] in scenarios]
 

@@ -37,8 +37,9 @@ def _fields(server: ServerConnection, model: Model, relation: str, key_column: O
         if key_column not in types:
             raise PgmlError(f'column "{key_column}" does not exist in {relation}',
                             hint=f"key_column names the column returned as key; {relation} has: {', '.join(types)}.")
-        wire = INTEGER if types[key_column] in ("int2", "int4", "int8") else TEXT
-        fields.append((FeatureColumn(key_column, wire, wire, types[key_column]), wire))
+        base = types[key_column]
+        integer = base in ("int2", "int4", "int8")
+        fields.append((FeatureColumn(key_column, base, "number" if integer else "text", base), INTEGER if integer else TEXT))
     return fields
 
 
