@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -24,6 +26,9 @@ from .preprocessing import Column, FeatureEncoder, plan_preprocessing
 
 REGRESSION_KINDS = ("number", "interval", "date", "timestamp", "time")
 SAMPLINGS = ("random", "last")
+# The feature matrix may take at most this share of the server's memory: training runs inside a
+# database backend, where running out of memory would take the server's other sessions with it.
+MATRIX_MEMORY_SHARE = 0.25
 
 
 def parse_json(value: Any, what: str, example: str) -> Any:
@@ -194,6 +199,7 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
 
     encoder = FeatureEncoder(_encoder_columns(columns), plan)
     encoder.fit({name: values[train_idx] for name, values in data.items()})
+    check_matrix_size(encoder, n, _physical_memory() * MATRIX_MEMORY_SHARE)
     X_train = encoder.transform({name: values[train_idx] for name, values in data.items()})
     X_test = encoder.transform({name: values[test_idx] for name, values in data.items()})
     y_train, y_test = y[train_idx], y[test_idx]
@@ -225,6 +231,28 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
         "importance": {"method": method, "columns": importance.by_column(values, encoder.output_sources)},
     }
     return TrainingResult(model, measured, len(train_idx), len(test_idx), time.monotonic() - started, details)
+
+
+def check_matrix_size(encoder: FeatureEncoder, rows: int, limit: float) -> None:
+    """Refuses, before it is made, a feature matrix of more than ``limit`` bytes; the error names
+    the column that widens it most (a text column with as many categories as rows, typically)."""
+    features = len(encoder.output_names)
+    needed = rows * features * 8
+    if needed <= limit:
+        return
+    widest, width = Counter(encoder.output_sources).most_common(1)[0]
+    if width > 1:
+        hint = (f'Column "{widest}" alone becomes {width:,} features, one per distinct value: if it identifies '
+                f'rows, leave it out of the view; else give it {{"{widest}": {{"encode": "ordinal"}}}} in preprocess.')
+    else:
+        hint = "Train on fewer rows (for instance a view with TABLESAMPLE or LIMIT) or fewer columns."
+    raise PgmlError(f"the feature matrix would take {needed / 2**30:.1f} GiB ({rows:,} rows x {features:,} features), "
+                    f"more than the {limit / 2**30:.1f} GiB a training run may use ({MATRIX_MEMORY_SHARE:.0%} of "
+                    "the server's memory)", hint=hint)
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _encoder_columns(columns: Sequence[FeatureColumn]) -> List[Column]:

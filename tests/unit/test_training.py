@@ -1,0 +1,54 @@
+"""Tests for pgml_fdw.training's guard on the size of the feature matrix, without a server."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pgml_fdw import training
+from pgml_fdw.columns import FeatureColumn
+from pgml_fdw.errors import PgmlError
+from pgml_fdw.preprocessing import Column, FeatureEncoder, plan_preprocessing
+from pgml_fdw.training import TrainingOptions, check_matrix_size
+
+ROWS = 200
+COLUMNS = [Column("age", "number", "integer"), Column("email", "text", "text")]
+
+
+def _fitted(columns=COLUMNS) -> FeatureEncoder:
+    data = {"age": np.arange(ROWS, dtype=np.float64), "email": np.array([f"u{i}@x.io" for i in range(ROWS)], dtype=object)}
+    encoder = FeatureEncoder(columns, plan_preprocessing(columns, None, needs_scaling=False))
+    return encoder.fit({c.name: data[c.name] for c in columns})
+
+
+def test_a_matrix_within_the_limit_passes() -> None:
+    encoder = _fitted()
+    check_matrix_size(encoder, ROWS, limit=ROWS * 201 * 8)  # age + 200 one-hot features, exactly
+
+
+def test_an_identifier_column_is_named_with_the_fix() -> None:
+    with pytest.raises(PgmlError) as caught:
+        check_matrix_size(_fitted(), ROWS, limit=ROWS * 200 * 8)
+    assert f"({ROWS:,} rows x 201 features)" in caught.value.message
+    assert 'Column "email" alone becomes 200 features' in caught.value.hint
+    assert '"encode": "ordinal"' in caught.value.hint
+
+
+def test_too_many_rows_of_numbers_suggests_fewer_rows() -> None:
+    with pytest.raises(PgmlError) as caught:
+        check_matrix_size(_fitted([COLUMNS[0]]), ROWS, limit=100)
+    assert "fewer rows" in caught.value.hint
+
+
+def test_training_stops_before_making_the_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A quarter of this is room for 100 features; the 150 training rows give email 150 categories.
+    monkeypatch.setattr(training, "_physical_memory", lambda: 4 * ROWS * 100 * 8)
+    transformed = []
+    monkeypatch.setattr(FeatureEncoder, "transform", lambda self, data: transformed.append(1))
+    options = TrainingOptions.from_row({"id": "m_1", "name": "m", "version": 1, "relation": "users",
+                                        "y_column": "y", "trained_by": "app"})
+    columns = [FeatureColumn("age", "integer", "number", "int4"), FeatureColumn("email", "text", "text", "text")]
+    data = {"age": np.arange(ROWS, dtype=np.float64), "email": np.array([f"u{i}" for i in range(ROWS)], dtype=object)}
+    with pytest.raises(PgmlError, match="the feature matrix would take"):
+        training.train(options, FeatureColumn("y", "double precision", "number", "float8"), columns, data,
+                       np.arange(ROWS, dtype=np.float64))
+    assert transformed == []
