@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from itertools import repeat
-from typing import Any, Container, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .columns import FeatureColumn
 from .connection import ServerConnection
@@ -56,19 +56,21 @@ def score_relation(server: ServerConnection, dsn: str, model: Model, relation: s
     return (arrays[-1].tolist() if key_column is not None else None), predictions
 
 
-def as_rows(order: Sequence[str], needed: Container[str], constant: Mapping[str, Any],
-            keys: Optional[List[Any]], predictions: List[Prediction]) -> Iterator[Tuple[Any, ...]]:
+def as_rows(order: Sequence[str], constant: Mapping[str, Any], keys: Optional[List[Any]],
+            predictions: List[Prediction]) -> Iterator[Tuple[Any, ...]]:
     """Rows of pgml.predictions as sequences in its column order (``order``), which Multicorn turns
     into tuples with no lookup by name: per row the prediction, label, probabilities and key;
-    ``constant`` gives the columns that are the same in every row. Columns the query does not
-    need stay NULL, so nothing is converted for them.
+    ``constant`` gives the columns that are the same in every row.
+
+    Every column is filled, whether or not the query names it: a whole-row reference (``SELECT p``,
+    ``to_jsonb(p)``) shows the wrapper no column names.
     """
     values, labels, probabilities = zip(*predictions) if predictions else ((), (), ())
-    per_row: Dict[str, Iterable[Any]] = {"prediction": values}
-    if "label" in needed:
-        per_row["label"] = labels
-    if "probabilities" in needed:
-        per_row["probabilities"] = [None if p is None else json.dumps(p) for p in probabilities]
-    if keys is not None and "key" in needed:
+    per_row: Dict[str, Iterable[Any]] = {
+        "prediction": values,
+        "label": labels,
+        "probabilities": [None if p is None else json.dumps(p) for p in probabilities],
+    }
+    if keys is not None:
         per_row["key"] = keys
     return zip(*(per_row[name] if name in per_row else repeat(constant.get(name)) for name in order))

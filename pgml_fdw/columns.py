@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -181,10 +182,10 @@ def to_number(value: Any, column: FeatureColumn) -> float:
                 return interval_seconds(value)
             if kind in ("date", "timestamp", "time"):
                 return _epoch(value, kind)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond float range
         pass
     raise PgmlError(
-        f"feature \"{column.name}\" ({column.sql_type}) cannot take the value {value!r}",
+        f"feature \"{column.name}\" ({column.sql_type}) cannot take the value {reprlib.repr(value)}",
         hint=_EXPECTED[kind],
     )
 

@@ -99,16 +99,17 @@ def read_as(dsn: str, role: str, select_sql: sql.Composable, result_columns: sql
     The SELECT runs inside a temporary SECURITY DEFINER function owned by ``role``: privileges and
     row-level security apply as for that role, and PostgreSQL refuses ``SET ROLE`` and ``SET SESSION
     AUTHORIZATION`` inside it, so code in a view cannot take over the privileged connection. When
-    ``role`` is the very user the connection logged in as, there is nothing to take over and the
-    function would change nothing, so the SELECT is returned as it is (and its rows stream rather
-    than being gathered by the function first). The connection is the caller's alone and is closed
+    ``role`` is both the user the connection logged in as and the one it runs as, there is nothing
+    to take over and the function would change nothing, so the SELECT is returned as it is (and its
+    rows stream rather than being gathered by the function first). The connection is the caller's alone and is closed
     afterwards.
     """
     conn = connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute("SET statement_timeout = 0; SET jit = off")
-            if role == conn.info.user:
+            cur.execute("SELECT current_user = %s AND session_user = %s", (role, role))
+            if cur.fetchone()[0]:
                 yield cur, select_sql
             else:
                 cur.execute(

@@ -171,11 +171,8 @@ class Predictions(_Table):
             features = wanted["features"]  # jsonb arrives as text (Multicorn 1.4) or parsed
             prediction, label, probabilities = model.predict_row(features)
             row = {"model": ref, "features": features if isinstance(features, str) else _json_text(features),
-                   "prediction": prediction, "label": label}
-            if "probabilities" in columns:
-                row["probabilities"] = _json_text(probabilities)
-            if "version" in columns:
-                row["version"] = model.version
+                   "prediction": prediction, "label": label, "probabilities": _json_text(probabilities),
+                   "version": model.version}
             # A sequence in column order: Multicorn converts it without a lookup per column name.
             yield tuple(row.get(name) for name in self.column_order)
             return
@@ -184,7 +181,7 @@ class Predictions(_Table):
         relation, key_column = wanted["relation"], wanted.get("key_column")
         keys, predictions = score_relation(self.server, self.dsn, model, relation, key_column)
         constant = {"model": ref, "relation": relation, "key_column": key_column, "version": model.version}
-        yield from as_rows(self.column_order, columns, constant, keys, predictions)
+        yield from as_rows(self.column_order, constant, keys, predictions)
 
     @staticmethod
     def get_rel_size(quals: List[Any], columns: Any) -> Tuple[int, int]:

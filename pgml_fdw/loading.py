@@ -187,7 +187,8 @@ def parse_binary_copy(buffer: bytes, wires: Sequence[str]) -> List[np.ndarray]:
 
 def _parse_fixed(buffer: bytearray, start: int, n: int) -> Optional[np.ndarray]:
     """The 8-byte values of a stream whose rows are all n fields of 8 bytes, as a (rows, n) array
-    of native-endian uint64 written over the start of the buffer; None if any field is NULL.
+    of native-endian uint64 written over the start of the buffer, which is then cut to it; None if
+    any field is NULL.
 
     A row is a 2-byte field count then, per field, a 4-byte length and 8 bytes of big-endian value.
     Row r of the result ends at byte 8n(r + 1), before row r + 1 of the stream begins, so converting
@@ -210,7 +211,11 @@ def _parse_fixed(buffer: bytearray, start: int, n: int) -> Optional[np.ndarray]:
     for first in range(0, rows, _BLOCK_ROWS):
         block = np.ascontiguousarray(values[first:first + _BLOCK_ROWS])  # read before overwritten
         out[first:first + _BLOCK_ROWS] = block
-    return out.view(np.uint64).reshape(rows, n)
+    # Only the matrix is kept: the rest of the stream goes, and its memory with it (the views
+    # into the buffer must go first, or it cannot shrink).
+    del counts, lengths, values, out, block
+    del buffer[rows * n * 8:]
+    return np.frombuffer(buffer, dtype=np.uint64).reshape(rows, n)
 
 
 def _parse_rows(view: memoryview, pos: int, wires: Sequence[str]) -> List[np.ndarray]:

@@ -89,7 +89,10 @@ class Model:
             elif type(features) is list and len(features) == len(self._names):
                 ordered = features
             if ordered is not None and all(type(v) in _PLAIN_NUMBERS for v in ordered):
-                return ordered
+                try:
+                    return [float(v) for v in ordered]
+                except OverflowError:
+                    pass  # an integer beyond float range: the checked path says which feature
         if isinstance(features, Mapping):
             unknown = [k for k in features if k not in self._positions]
             if unknown:

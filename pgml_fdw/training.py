@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -199,7 +200,7 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
 
     encoder = FeatureEncoder(_encoder_columns(columns), plan)
     encoder.fit({name: values[train_idx] for name, values in data.items()})
-    check_matrix_size(encoder, n, _physical_memory() * MATRIX_MEMORY_SHARE)
+    check_matrix_size(encoder, n, memory_limit() * MATRIX_MEMORY_SHARE)
     X_train = encoder.transform({name: values[train_idx] for name, values in data.items()})
     X_test = encoder.transform({name: values[test_idx] for name, values in data.items()})
     y_train, y_test = y[train_idx], y[test_idx]
@@ -248,11 +249,29 @@ def check_matrix_size(encoder: FeatureEncoder, rows: int, limit: float) -> None:
         hint = "Train on fewer rows (for instance a view with TABLESAMPLE or LIMIT) or fewer columns."
     raise PgmlError(f"the feature matrix would take {needed / 2**30:.1f} GiB ({rows:,} rows x {features:,} features), "
                     f"more than the {limit / 2**30:.1f} GiB a training run may use ({MATRIX_MEMORY_SHARE:.0%} of "
-                    "the server's memory)", hint=hint)
+                    "the memory the server may use)", hint=hint)
 
 
-def _physical_memory() -> int:
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+def memory_limit() -> float:
+    """The memory this server may use: its physical memory, or less where a container's cgroup or
+    an address-space limit says so."""
+    limits: List[float] = []
+    try:
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # v2, v1
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    return min(limits, default=math.inf)
 
 
 def _encoder_columns(columns: Sequence[FeatureColumn]) -> List[Column]:

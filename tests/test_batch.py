@@ -68,6 +68,19 @@ def test_classification_in_batch(db: Session, name: str) -> None:
         assert probabilities[label] > 0.5
 
 
+def test_whole_row_references_carry_every_column(db: Session, houses: str, name: str) -> None:
+    """SELECT p / to_jsonb(p) name no column, so the wrapper must fill them all."""
+    db.run("CREATE OR REPLACE VIEW house_features AS SELECT size, rooms, district, price FROM houses")
+    model_id = db.one("SELECT pgml.train('house_features', 'price', name => %s)", (name,))
+    rows = db.rows("SELECT to_jsonb(p) FROM pgml.predictions p WHERE model = %s AND relation = 'houses' "
+                   "AND key_column = 'id'", (name,))
+    assert len(rows) == 60
+    assert all(r[0]["key"] is not None and r[0]["version"] == int(model_id.rsplit("_", 1)[1]) for r in rows)
+    single = db.one("SELECT to_jsonb(p) FROM pgml.predictions p WHERE model = %s "
+                    "AND features = '{\"size\": 40, \"rooms\": 2, \"district\": \"north\"}'", (name,))
+    assert single["version"] == int(model_id.rsplit("_", 1)[1]) and single["prediction"] is not None
+
+
 def test_batch_errors(db: Session, houses: str, name: str) -> None:
     db.run("CREATE OR REPLACE VIEW house_features AS SELECT size, rooms, district, price FROM houses")
     db.one("SELECT pgml.train('house_features', 'price', name => %s)", (name,))

@@ -45,6 +45,8 @@ def test_prediction_errors(db: Session, line: str, name: str) -> None:
          "no feature 'z'", "x"),
         (f"SELECT prediction FROM pgml.predictions WHERE model = '{name}' AND features = '[\"abc\"]'",
          "cannot take the value 'abc'", "number"),
+        (f"SELECT prediction FROM pgml.predictions WHERE model = '{name}' AND features = '[1e400]'",
+         "cannot take the value 1000", "number"),
         (f"SELECT prediction FROM pgml.predictions WHERE model = '{name}'", "needs WHERE model", "features"),
     ]
     for query, message, hint in cases:

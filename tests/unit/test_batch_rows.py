@@ -10,27 +10,25 @@ CONSTANT = {"model": "m", "relation": "houses", "key_column": "id", "version": 3
 
 
 def test_rows_follow_the_column_order_with_constants_repeated() -> None:
-    rows = list(as_rows(ORDER, set(ORDER), CONSTANT, [10, 11], [(1.5, None, None), (2.5, None, None)]))
+    rows = list(as_rows(ORDER, CONSTANT, [10, 11], [(1.5, None, None), (2.5, None, None)]))
     assert rows == [("m", None, 1.5, None, None, 3, "houses", "id", 10),
                     ("m", None, 2.5, None, None, 3, "houses", "id", 11)]
 
 
-def test_columns_the_query_does_not_need_stay_null() -> None:
+def test_every_column_is_filled_for_whole_row_references() -> None:
     predictions = [(None, "apple", {"apple": 0.9, "pear": 0.1})]
-    needed = {"model", "relation", "key_column", "prediction"}
-    row = next(as_rows(ORDER, needed, CONSTANT, [7], predictions))
-    named = dict(zip(ORDER, row))
-    assert (named["label"], named["probabilities"], named["key"]) == (None, None, None)
-    assert named["model"] == "m" and named["relation"] == "houses"
+    named = dict(zip(ORDER, next(as_rows(ORDER, CONSTANT, [7], predictions))))
+    assert (named["label"], named["key"], named["version"]) == ("apple", 7, 3)
+    assert named["model"] == "m" and named["relation"] == "houses" and named["features"] is None
 
 
 def test_probabilities_are_json_text() -> None:
     predictions = [(1.0, "true", {"false": 0.25, "true": 0.75})]
-    row = next(as_rows(ORDER, set(ORDER), CONSTANT, None, predictions))
+    row = next(as_rows(ORDER, CONSTANT, None, predictions))
     named = dict(zip(ORDER, row))
     assert json.loads(named["probabilities"]) == {"false": 0.25, "true": 0.75}
     assert named["label"] == "true" and named["key"] is None  # no key_column given
 
 
 def test_no_rows() -> None:
-    assert list(as_rows(ORDER, set(ORDER), CONSTANT, [], [])) == []
+    assert list(as_rows(ORDER, CONSTANT, [], [])) == []

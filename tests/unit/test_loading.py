@@ -102,6 +102,7 @@ def test_a_bytearray_is_converted_in_place() -> None:
     columns = parse_binary_copy(buffer, [FLOAT, FLOAT])
     np.testing.assert_array_equal(columns[1], [2.0, 4.0])
     assert np.shares_memory(columns[0], np.frombuffer(buffer, dtype=np.uint8))
+    assert len(buffer) == 2 * 2 * 8  # cut to the matrix: the rest of the stream is freed
 
 
 def test_not_a_copy_stream() -> None:

@@ -1,6 +1,8 @@
 """Tests for pgml_fdw.training's guard on the size of the feature matrix, without a server."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,11 @@ def _fitted(columns=COLUMNS) -> FeatureEncoder:
     data = {"age": np.arange(ROWS, dtype=np.float64), "email": np.array([f"u{i}@x.io" for i in range(ROWS)], dtype=object)}
     encoder = FeatureEncoder(columns, plan_preprocessing(columns, None, needs_scaling=False))
     return encoder.fit({c.name: data[c.name] for c in columns})
+
+
+def test_the_memory_limit_is_at_most_the_physical_memory() -> None:
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < training.memory_limit() <= physical
 
 
 def test_a_matrix_within_the_limit_passes() -> None:
@@ -41,7 +48,7 @@ def test_too_many_rows_of_numbers_suggests_fewer_rows() -> None:
 
 def test_training_stops_before_making_the_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
     # A quarter of this is room for 100 features; the 150 training rows give email 150 categories.
-    monkeypatch.setattr(training, "_physical_memory", lambda: 4 * ROWS * 100 * 8)
+    monkeypatch.setattr(training, "memory_limit", lambda: 4 * ROWS * 100 * 8)
     transformed = []
     monkeypatch.setattr(FeatureEncoder, "transform", lambda self, data: transformed.append(1))
     options = TrainingOptions.from_row({"id": "m_1", "name": "m", "version": 1, "relation": "users",
