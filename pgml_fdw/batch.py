@@ -23,7 +23,8 @@ def session_role(server: ServerConnection) -> str:
     return rows[0][0]
 
 
-def _fields(server: ServerConnection, model: Model, relation: str, key_column: Optional[str]) -> List[Tuple[FeatureColumn, str]]:
+def _fields(server: ServerConnection, model: Model, relation: str,
+            key_column: Optional[str]) -> List[Tuple[FeatureColumn, str]]:
     """The columns to read and their wire types: the model's features, then the key column, if
     any. Integer keys travel as int8 (the all-numbers fast path of :func:`loading.parse_binary_copy`),
     any other key as text."""
@@ -39,7 +40,8 @@ def _fields(server: ServerConnection, model: Model, relation: str, key_column: O
                             hint=f"key_column names the column returned as key; {relation} has: {', '.join(types)}.")
         base = types[key_column]
         integer = base in ("int2", "int4", "int8")
-        fields.append((FeatureColumn(key_column, base, "number" if integer else "text", base), INTEGER if integer else TEXT))
+        key = FeatureColumn(key_column, base, "number" if integer else "text", base)
+        fields.append((key, INTEGER if integer else TEXT))
     return fields
 
 

@@ -101,8 +101,8 @@ def read_as(dsn: str, role: str, select_sql: sql.Composable, result_columns: sql
     AUTHORIZATION`` inside it, so code in a view cannot take over the privileged connection. When
     ``role`` is both the user the connection logged in as and the one it runs as, there is nothing
     to take over and the function would change nothing, so the SELECT is returned as it is (and its
-    rows stream rather than being gathered by the function first). The connection is the caller's alone and is closed
-    afterwards.
+    rows stream rather than being gathered by the function first). The connection is the caller's
+    alone and is closed afterwards.
     """
     conn = connect(dsn)
     try:
