@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 from .columns import FeatureColumn
 from .connection import ServerConnection
 from .errors import PgmlError
-from .loading import FLOAT, INTEGER, TEXT, read_columns, relation_columns
+from .loading import INTEGER, TEXT, feature_field, read_columns, relation_columns
 from .model import Model, Prediction
 
 
@@ -33,7 +33,7 @@ def _fields(server: ServerConnection, model: Model, relation: str,
     if missing:
         raise PgmlError(f"{relation} lacks the features {', '.join(missing)} of model {model.model_id}",
                         hint="Score a relation with the same columns as the one the model was trained on.")
-    fields = [(c, TEXT if c.is_text else FLOAT) for c in model.columns]
+    fields = [feature_field(c) for c in model.columns]
     if key_column is not None:
         if key_column not in types:
             raise PgmlError(f'column "{key_column}" does not exist in {relation}',

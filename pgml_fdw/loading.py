@@ -130,9 +130,14 @@ def read_training_data(
     features: Sequence[FeatureColumn],
 ) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
     """Every row of the relation whose y is not NULL: feature arrays by name, and y."""
-    fields = [(c, TEXT if c.is_text else FLOAT) for c in features] + [(y, TEXT if y_as_text else FLOAT)]
+    fields = [feature_field(c) for c in features] + [(y, TEXT if y_as_text else FLOAT)]
     arrays = read_columns(dsn, role, relation, fields, not_null=y.name)
     return {c.name: a for c, a in zip(features, arrays[:-1])}, arrays[-1]
+
+
+def feature_field(column: FeatureColumn) -> Tuple[FeatureColumn, str]:
+    """A feature column as a field of :func:`read_columns`: text kinds as text, the rest as float8."""
+    return column, TEXT if column.is_text else FLOAT
 
 
 def _wire_expression(column: FeatureColumn, wire: str) -> str:
