@@ -21,8 +21,8 @@ BATCH_SQL = ("SELECT key, prediction FROM pgml.predictions "
 NO_KEY_SQL = "SELECT prediction FROM pgml.predictions WHERE model = %s AND relation = %s"
 FLOOR_SQL = f"SELECT id::text, y FROM {PREDICTION_TABLE}"
 LATERAL_SQL = (
-    f"SELECT s.id, p.prediction FROM {PREDICTION_TABLE} s CROSS JOIN LATERAL ("
-    "SELECT prediction FROM pgml.predictions WHERE model = %s AND features = jsonb_build_object("
+    f"SELECT s.id, p.prediction FROM {PREDICTION_TABLE} s CROSS JOIN LATERAL pgml.prediction("
+    "%s, jsonb_build_object("
     + ", ".join(f"'{f}', s.{f}" for f in PREDICTION_FEATURES)
     + ")) p WHERE s.id <= %s")
 

@@ -40,13 +40,11 @@ CREATE VIEW my_model AS SELECT user_tenure, total_purchases FROM my_data;
 SELECT pgml.train('my_model', 'total_purchases');
 SELECT pgml.score('my_model_1', '2 years'::interval) AS likely_purchase_amount_based_on_tenure;
 
--- One prediction per row of a table, straight from the foreign table.
+-- One prediction per row of a table.
 SELECT u.id, u.age, u.location, round(p.prediction::numeric, 2) AS predicted
 FROM demo_users u
-CROSS JOIN LATERAL (SELECT prediction FROM pgml.predictions
-                    WHERE model = 'my_data'
-                      AND features = jsonb_build_object('user_tenure', now() - u.created_at,
-                                                        'age', u.age, 'location', u.location)) p
+CROSS JOIN LATERAL pgml.prediction('my_data', jsonb_build_object('user_tenure', now() - u.created_at,
+                                                                 'age', u.age, 'location', u.location)) p
 ORDER BY u.id LIMIT 5;
 
 -- Classification: will a customer spend more than 300? A random forest, with class probabilities.

@@ -2,19 +2,49 @@
 
 Every problem a user can cause (a bad option, an unknown model, features of the
 wrong shape) is raised as :class:`PgmlError` with a message that names the
-problem and, where there is one, a hint that names the fix.  The foreign data
-wrapper turns it into a PostgreSQL ERROR with that message and HINT.
+problem, where there is one a hint that names the fix, and a SQLSTATE of the
+right class.  The wrapper never raises it into PostgreSQL itself: it hands it
+back as data (:meth:`PgmlError.as_json`) and the extension's SQL raises it, so
+no error ever jumps over Python frames inside the backend.
 """
-from typing import Optional
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+# SQLSTATEs the wrapper uses, by what went wrong.
+INVALID_PARAMETER = "22023"    # a bad option or feature value
+INVALID_TEXT = "22P02"         # text that does not parse (JSON)
+DATA_EXCEPTION = "22000"       # the data cannot train a model (NaN in y, one class...)
+UNDEFINED_TABLE = "42P01"
+UNDEFINED_COLUMN = "42703"
+UNDEFINED_OBJECT = "42704"     # no such model
+INSUFFICIENT_PRIVILEGE = "42501"
+OUT_OF_MEMORY = "53200"
+LOCK_NOT_AVAILABLE = "55P03"
+CONNECTION_FAILURE = "08006"
+INTERNAL_ERROR = "XX000"
 
 
 class PgmlError(Exception):
-    """A user-facing error: what went wrong, and how to fix it."""
+    """A user-facing error: what went wrong, how to fix it, and its SQLSTATE."""
 
-    def __init__(self, message: str, hint: Optional[str] = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, hint: Optional[str] = None, sqlstate: str = INVALID_PARAMETER,
+                 detail: Optional[str] = None) -> None:
+        super().__init__(message, hint, sqlstate, detail)
         self.message = message
         self.hint = hint
+        self.sqlstate = sqlstate
+        self.detail = detail
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+    def as_json(self) -> str:
+        """The error as the jsonb that ``pgml._raise`` turns into a PostgreSQL ERROR."""
+        fields: Dict[str, Any] = {"sqlstate": self.sqlstate, "message": self.message}
+        if self.hint:
+            fields["hint"] = self.hint
+        if self.detail:
+            fields["detail"] = self.detail
+        return json.dumps(fields)

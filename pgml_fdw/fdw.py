@@ -2,28 +2,34 @@
 
 Each foreign table names its role in the ``table`` option; :class:`PgmlWrapper` hands the work to the
 matching handler below, which in turn hands it to plain modules (training, the model store, batch
-scoring). Every entry point reports a :class:`PgmlError` as a PostgreSQL ERROR with its hint, and
-anything unexpected as an ERROR too: nothing a user sends takes the backend down.
+scoring).
+
+Nothing here raises into PostgreSQL. An error raised from Python inside the backend jumps over the
+interpreter's frames (Multicorn 1.4 leaves their accounting behind, and a few hundred such errors
+crash the backend), so every failure is handed back as data instead: a row whose ``error`` column
+holds it, which the extension's SQL raises with its SQLSTATE, message and hint.
 """
 from __future__ import annotations
 
-import functools
 import json
 import pickle
+import sys
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from multicorn import ForeignDataWrapper
-from multicorn.utils import ERROR, log_to_postgres
 
+from . import errors, plan_guard
 from .connection import ServerConnection
 from .errors import PgmlError
 
 # One connection and one model store per backend and dsn: Multicorn keeps one wrapper object per
 # foreign table, and they share these.
 _SERVICES: Dict[str, Tuple[ServerConnection, Any]] = {}
-# Trained estimators waiting for pgml._after_training to store them: token -> (pickle, details).
+# Trained estimators waiting for pgml._run_training to store them: token -> (pickle, details).
 _PENDING: Dict[str, Tuple[bytes, Dict[str, Any]]] = {}
+# Estimated rows of a relation scored whole, when the catalog does not say (a view).
+_DEFAULT_BATCH_ROWS = 100_000
 
 
 def _services(dsn: str) -> Tuple[ServerConnection, Any]:
@@ -35,24 +41,18 @@ def _services(dsn: str) -> Tuple[ServerConnection, Any]:
     return _SERVICES[dsn]
 
 
-def _reported(method: Callable) -> Callable:
-    """Turns exceptions into PostgreSQL ERRORs that say what went wrong and how to fix it."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except PgmlError as exc:
-            log_to_postgres(exc.message, ERROR, hint=exc.hint)
-        except MemoryError:
-            log_to_postgres("pgml_fdw ran out of memory", ERROR,
-                            hint="Train on fewer rows or columns, or give the server more memory.")
-        except Exception as exc:  # noqa: BLE001 - reported to the user, never raised into Multicorn
-            log_to_postgres(f"pgml_fdw failed: {type(exc).__name__}: {exc}", ERROR,
-                            hint="This is a bug in pgml_fdw; please report it.",
-                            detail=traceback.format_exc(limit=8))
-
-    return wrapper
+def as_user_error(exc: BaseException) -> PgmlError:
+    """The error a user sees for an exception: itself if it is a :class:`PgmlError`, else a short
+    message; the traceback of a bug goes to the server log (the backend's stderr), not the client."""
+    if isinstance(exc, PgmlError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return PgmlError("pgml_fdw ran out of memory", sqlstate=errors.OUT_OF_MEMORY,
+                         hint="Train or score fewer rows or columns, or give the server more memory.")
+    sys.stderr.write("pgml_fdw: unexpected error\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    sys.stderr.flush()
+    return PgmlError(f"pgml_fdw failed unexpectedly: {type(exc).__name__}: {exc}", sqlstate=errors.INTERNAL_ERROR,
+                     hint="This is a bug in pgml_fdw: please report it with the server log, which has its traceback.")
 
 
 def _equalities(quals: Iterable[Any]) -> Dict[str, Any]:
@@ -64,6 +64,11 @@ def _json_text(value: Any) -> Optional[str]:
     return None if value is None else json.dumps(value)
 
 
+class PgmlCannotExplainThisQuery(Exception):
+    """Raised while planning (Multicorn reports it by this class's name, with the message as its
+    DETAIL): the one error the wrapper cannot hand back as a row, because no scan runs."""
+
+
 class _Table:
     """A handler of one foreign table, given the foreign server's dsn and the table's columns in
     order; it shares the backend's connection and model store."""
@@ -73,52 +78,51 @@ class _Table:
         self.column_order = column_order
         self.server, self.store = _services(dsn)
 
+    def execute(self, quals: List[Any], columns: Any) -> Iterable[Any]:
+        return []
+
+    def rel_size(self, quals: List[Any]) -> Tuple[int, int]:
+        return 1000, 100
+
 
 class TrainingRuns(_Table):
-    """pgml.training_runs: INSERT trains a model; SELECT lists the stored versions."""
+    """pgml._training_runs: an inserted row is a training run; the returned row holds its results
+    or its error."""
 
     def insert(self, values: Dict[str, Any]) -> Dict[str, Any]:
+        row = dict(values)
+        try:
+            row.update(self._train(values))
+        except Exception as exc:  # noqa: BLE001 - handed back to pgml._run_training, which raises it
+            row["error"] = as_user_error(exc).as_json()
+        for key in ("hyperparams", "search_params", "preprocess", "metrics"):
+            if isinstance(row.get(key), (dict, list)):
+                row[key] = _json_text(row[key])
+        return row
+
+    def _train(self, values: Dict[str, Any]) -> Dict[str, Any]:
         from .training import TrainingOptions, run
 
         options = TrainingOptions.from_row(values)
         token = values["token"]
         txid = int(token.split(":")[0])
-        result = run(options, self.server, self.dsn)
+        result = run(options, self.server, self.dsn, memory_limit=int(values.get("memory_limit") or 0))
         for stale in [t for t in _PENDING if not t.startswith(f"{txid}:")]:
             del _PENDING[stale]  # left behind by a statement that failed after training
         _PENDING[token] = (pickle.dumps(result.model, protocol=4), result.details)
         self.store.remember_trained(result.model, txid)
-        row = dict(values)
-        row.update(
-            task=result.model.task,
-            algorithm=options.algorithm,
-            metrics=_json_text(result.metrics),
-            train_rows=result.train_rows,
-            test_rows=result.test_rows,
-            duration=f"{result.seconds:.6f} seconds",
-        )
-        for key in ("hyperparams", "search_params", "preprocess"):
-            if isinstance(row.get(key), (dict, list)):
-                row[key] = _json_text(row[key])
-        return row
-
-    def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
-        rows = self.server.fetch(
-            "SELECT m.id, m.name, m.version, m.relation, m.y_column, m.algorithm, m.task, m.hyperparams,"
-            " m.search ->> 'method', m.metrics, m.train_rows, m.test_rows, m.duration, m.trained_by,"
-            " m.trained_at FROM pgml.model_versions m ORDER BY m.trained_at, m.name, m.version"
-        )
-        keys = ("id", "name", "version", "relation", "y_column", "algorithm", "task", "hyperparams", "search",
-                "metrics", "train_rows", "test_rows", "duration", "trained_by", "trained_at")
-        for row in rows:
-            record = dict(zip(keys, row))
-            record["hyperparams"] = _json_text(record["hyperparams"])
-            record["metrics"] = _json_text(record["metrics"])
-            yield record
+        return {
+            "task": result.model.task,
+            "algorithm": options.algorithm,
+            "metrics": _json_text(result.metrics),
+            "train_rows": result.train_rows,
+            "test_rows": result.test_rows,
+            "duration": f"{result.seconds:.6f} seconds",
+        }
 
 
 class TrainedEstimators(_Table):
-    """pgml.trained_estimators (internal): hands a trained estimator to the store, once."""
+    """pgml._trained_estimators (internal): hands a trained estimator to the store, once."""
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
         token = _equalities(quals).get("token")
@@ -128,7 +132,7 @@ class TrainedEstimators(_Table):
 
 
 class ModelCache(_Table):
-    """pgml.model_cache (internal): told of this session's deployments as they are made."""
+    """pgml._model_cache (internal): told of this session's deployments as they are made."""
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
         wanted = _equalities(quals)
@@ -155,17 +159,33 @@ class Algorithms(_Table):
 
 
 class Predictions(_Table):
-    """pgml.predictions: one row for WHERE model AND features, or a whole relation's rows."""
+    """pgml._predictions: one row for WHERE model AND features, or a whole relation's rows."""
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Any]:
         wanted = _equalities(quals)
+        try:
+            return self._predict(wanted)
+        except Exception as exc:  # noqa: BLE001 - handed back to the view pgml.predictions, which raises it
+            # The one row carries the conditions back unchanged, so that PostgreSQL's recheck of
+            # them keeps it and the view's check raises the error.
+            features = wanted.get("features")
+            echo = dict(wanted, features=features if features is None or isinstance(features, str) else _json_text(features),
+                        error=as_user_error(exc).as_json())
+            return [tuple(echo.get(name) for name in self.column_order)]
+
+    def _predict(self, wanted: Dict[str, Any]) -> List[Any]:
         ref = wanted.get("model")
         if ref is None or ("features" not in wanted and "relation" not in wanted):
             raise PgmlError(
-                "pgml.predictions needs WHERE model = ... AND features = ... (or AND relation = ...)",
-                hint="For example: SELECT prediction FROM pgml.predictions WHERE model = 'my_model' "
-                "AND features = '{\"age\": 31}'. It computes predictions; it cannot list them all.",
+                "pgml.predictions needs WHERE model = ... AND features = ... (or AND relation = ...), "
+                "with features a constant or a query parameter",
+                hint="For one row: SELECT prediction FROM pgml.predictions WHERE model = 'my_model' AND features = "
+                "'{\"age\": 31}'. To score the rows of another table one by one, call pgml.prediction(model, "
+                "features) in a LATERAL join or pgml.score(model, features) in the select list.",
             )
+        if "features" in wanted and "relation" in wanted:
+            raise PgmlError("pgml.predictions takes features (one row) or relation (a whole table), not both",
+                            hint="Drop the features condition to score every row of the relation.")
         model = self.store.get(ref)
         if "features" in wanted:
             features = wanted["features"]  # jsonb arrives as text (Multicorn 1.4) or parsed
@@ -174,29 +194,36 @@ class Predictions(_Table):
                    "prediction": prediction, "label": label, "probabilities": _json_text(probabilities),
                    "version": model.version}
             # A sequence in column order: Multicorn converts it without a lookup per column name.
-            yield tuple(row.get(name) for name in self.column_order)
-            return
+            return [tuple(row.get(name) for name in self.column_order)]
         from .batch import as_rows, score_relation
 
         relation, key_column = wanted["relation"], wanted.get("key_column")
         keys, predictions = score_relation(self.server, self.dsn, model, relation, key_column)
         constant = {"model": ref, "relation": relation, "key_column": key_column, "version": model.version}
-        yield from as_rows(self.column_order, constant, keys, predictions)
+        return list(as_rows(self.column_order, constant, keys, predictions))
 
-    @staticmethod
-    def get_rel_size(quals: List[Any], columns: Any) -> Tuple[int, int]:
-        # Without features a scan cannot run, so it is costed high: a join then takes the
-        # parameterized path (get_path_keys). A prepared statement's generic plan shows Multicorn
-        # no parameter values and looks the same, so PostgreSQL keeps making one-row custom plans.
-        fields = {q.field_name for q in quals if q.operator == "="}
-        if "features" in fields:
-            return 1, 64
-        return (100_000 if "relation" in fields else 1_000_000), 64
+    def rel_size(self, quals: List[Any]) -> Tuple[int, int]:
+        # One row per scan, however the features are given: a constant, a parameter, or not at
+        # all (then the scan answers with an error). A whole relation's rows are costed at nothing
+        # per row: Multicorn counts a path's cost as rows times width, and the cost of a big batch
+        # must not make PostgreSQL JIT-compile a query that spends its time in Python.
+        wanted = _equalities(quals)
+        if "relation" in wanted and "features" not in wanted:
+            return self._relation_rows(wanted["relation"]), 0
+        if "features" not in wanted and plan_guard.explaining_subquery():
+            raise PgmlCannotExplainThisQuery(
+                "EXPLAIN cannot show pgml.predictions inside a subquery whose features come from the outer "
+                "query: Multicorn would evaluate them unset, which crashes the server. Score rows one by one "
+                "with pgml.prediction(model, features) in a LATERAL join or pgml.score(model, features), "
+                "which EXPLAIN shows.")
+        return 1, 64
 
-    @staticmethod
-    def get_path_keys() -> List[Tuple[Tuple[str, ...], int]]:
-        # With model and features known per outer row (a LATERAL join), a scan gives one row.
-        return [(("model", "features"), 1)]
+    def _relation_rows(self, relation: Any) -> int:
+        try:
+            rows = self.server.fetch("SELECT c.reltuples FROM pg_class c WHERE c.oid = to_regclass(%s)", (relation,))
+        except Exception:  # noqa: BLE001 - only an estimate; the scan itself reports a bad relation
+            return _DEFAULT_BATCH_ROWS
+        return int(rows[0][0]) if rows and rows[0][0] is not None and rows[0][0] > 0 else _DEFAULT_BATCH_ROWS
 
 
 _HANDLERS: Dict[str, Callable[[str, List[str]], _Table]] = {
@@ -211,6 +238,9 @@ _HANDLERS: Dict[str, Callable[[str, List[str]], _Table]] = {
 class PgmlWrapper(ForeignDataWrapper):
     """The Multicorn entry point for every pgml foreign table (its ``table`` option says which)."""
 
+    # Multicorn adds this to every path's cost; a scan costs what rel_size says.
+    _startup_cost = 1
+
     def __init__(self, options: Dict[str, str], columns: Dict[str, Any]) -> None:
         super().__init__(options, columns)
         table = options.get("table")
@@ -222,23 +252,19 @@ class PgmlWrapper(ForeignDataWrapper):
     def rowid_column(self) -> str:
         return "id"
 
-    @_reported
-    def execute(self, quals: List[Any], columns: Any, sortkeys: Any = None) -> List[Dict[str, Any]]:
-        # A list, not a generator: errors must surface inside this call to be reported.
+    def execute(self, quals: List[Any], columns: Any, sortkeys: Any = None) -> List[Any]:
+        # A list, not a generator: the work, and its errors, happen inside this call.
         return list(self.handler.execute(quals, columns))
 
-    @_reported
     def insert(self, values: Dict[str, Any]) -> Dict[str, Any]:
-        if not hasattr(self.handler, "insert"):
-            raise PgmlError("this pgml table is read-only", hint="Train with INSERT INTO pgml.training_runs.")
-        return self.handler.insert(values)
+        # Only pgml._training_runs is ever written to: the extension's triggers refuse the rest.
+        return self.handler.insert(values)  # type: ignore[attr-defined]
 
     def get_rel_size(self, quals: List[Any], columns: Any) -> Tuple[int, int]:
-        if hasattr(self.handler, "get_rel_size"):
-            return self.handler.get_rel_size(quals, columns)
-        return 1000, 100
+        return self.handler.rel_size(quals)
 
     def get_path_keys(self) -> List[Tuple[Tuple[str, ...], int]]:
-        if hasattr(self.handler, "get_path_keys"):
-            return self.handler.get_path_keys()
+        # No parameterized paths: features computed per row of another table would reach the scan
+        # as expressions over the outer row, which Multicorn evaluates unset under a plain EXPLAIN
+        # and crashes on. Per-row scoring goes through pgml.prediction() and pgml.score() instead.
         return []

@@ -50,6 +50,15 @@ def relation_columns(server: ServerConnection, relation: str) -> List[Tuple[str,
     return [tuple(row) for row in server.fetch(_COLUMNS_SQL, (relation,))]  # type: ignore[misc]
 
 
+def estimated_rows(server: ServerConnection, relation: str) -> float:
+    """The planner's estimate of a relation's rows (0 when it cannot tell)."""
+    try:
+        plan = server.fetch(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(sql.SQL(relation)).as_string(server.conn))
+        return float(plan[0][0][0]["Plan"]["Plan Rows"])
+    except (psycopg2.Error, LookupError, TypeError, ValueError):
+        return 0.0
+
+
 def feature_columns(server: ServerConnection, relation: str, y_column: str) -> Tuple[FeatureColumn, List[FeatureColumn]]:
     """The y column and the feature columns (every other column) of a relation.
 

@@ -16,20 +16,24 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import algorithms, importance, metrics, search
+from . import algorithms, errors, importance, metrics, search
 from .columns import FeatureColumn
 from .connection import ServerConnection
 from .errors import PgmlError
 from .jsonsafe import json_safe
-from .loading import feature_columns, read_training_data
+from .loading import estimated_rows, feature_columns, read_training_data
 from .model import Model
 from .preprocessing import Column, FeatureEncoder, plan_preprocessing
 
 REGRESSION_KINDS = ("number", "interval", "date", "timestamp", "time")
 SAMPLINGS = ("random", "last")
-# The feature matrix may take at most this share of the server's memory: training runs inside a
-# database backend, where running out of memory would take the server's other sessions with it.
-MATRIX_MEMORY_SHARE = 0.25
+# One training run may use this share of the server's memory unless pgml.training_memory says
+# otherwise, and never more than the ceiling: the server's other sessions need the rest.
+DEFAULT_MEMORY_SHARE = 0.25
+MAX_MEMORY_SHARE = 0.5
+# Peak memory of a run, as a multiple of its float64 feature matrix: the matrix, its train and
+# test copies and the estimator's own working copy.
+PEAK_FACTOR = 2.5
 
 
 def parse_json(value: Any, what: str, example: str) -> Any:
@@ -179,8 +183,9 @@ def prepare(options: TrainingOptions, y_column: FeatureColumn,
 
 
 def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[FeatureColumn],
-          data: Mapping[str, np.ndarray], y_raw: np.ndarray) -> TrainingResult:
-    """Fits and evaluates the model a run asks for, on the rows given."""
+          data: Mapping[str, np.ndarray], y_raw: np.ndarray, budget: Optional[float] = None) -> TrainingResult:
+    """Fits and evaluates the model a run asks for, on the rows given, refusing a feature matrix
+    that would not fit in ``budget`` bytes (default: :func:`training_budget`'s)."""
     started = time.monotonic()
     task, algorithm, plan = prepare(options, y_column, columns)
 
@@ -200,7 +205,7 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
 
     encoder = FeatureEncoder(_encoder_columns(columns), plan)
     encoder.fit({name: values[train_idx] for name, values in data.items()})
-    check_matrix_size(encoder, n, memory_limit() * MATRIX_MEMORY_SHARE)
+    check_matrix_size(encoder, n, training_budget(0) if budget is None else budget)
     X_train = encoder.transform({name: values[train_idx] for name, values in data.items()})
     X_test = encoder.transform({name: values[test_idx] for name, values in data.items()})
     y_train, y_test = y[train_idx], y[test_idx]
@@ -234,22 +239,55 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
     return TrainingResult(model, measured, len(train_idx), len(test_idx), time.monotonic() - started, details)
 
 
-def check_matrix_size(encoder: FeatureEncoder, rows: int, limit: float) -> None:
-    """Refuses, before it is made, a feature matrix of more than ``limit`` bytes; the error names
-    the column that widens it most (a text column with as many categories as rows, typically)."""
+def training_budget(requested: int) -> int:
+    """The bytes one run may use: ``requested`` (pgml.training_memory; 0 for the default, a
+    quarter of the server's memory), refused above half of it."""
+    available = memory_limit()
+    ceiling = available * MAX_MEMORY_SHARE
+    if requested <= 0:
+        return int(available * DEFAULT_MEMORY_SHARE)
+    if requested > ceiling:
+        raise PgmlError(f"pgml.training_memory is {_size(requested)}, more than half of the {_size(available)} "
+                        "this server may use", sqlstate=errors.INVALID_PARAMETER,
+                        hint=f"Set it to at most {_size(ceiling)}, or train on fewer rows.")
+    return int(requested)
+
+
+def check_matrix_size(encoder: FeatureEncoder, rows: int, budget: float) -> None:
+    """Refuses, before it is made, a feature matrix whose run would need more than ``budget``
+    bytes; the error names the column that widens it most (a text column with as many categories
+    as rows, typically)."""
     features = len(encoder.output_names)
     needed = rows * features * 8
-    if needed <= limit:
+    if needed * PEAK_FACTOR <= budget:
         return
     widest, width = Counter(encoder.output_sources).most_common(1)[0]
     if width > 1:
         hint = (f'Column "{widest}" alone becomes {width:,} features, one per distinct value: if it identifies '
                 f'rows, leave it out of the view; else give it {{"{widest}": {{"encode": "ordinal"}}}} in preprocess.')
     else:
-        hint = "Train on fewer rows (for instance a view with TABLESAMPLE or LIMIT) or fewer columns."
-    raise PgmlError(f"the feature matrix would take {needed / 2**30:.1f} GiB ({rows:,} rows x {features:,} features), "
-                    f"more than the {limit / 2**30:.1f} GiB a training run may use ({MATRIX_MEMORY_SHARE:.0%} of "
-                    "the memory the server may use)", hint=hint)
+        hint = ("Train on fewer rows (for instance a view with TABLESAMPLE or LIMIT) or fewer columns, "
+                "or raise pgml.training_memory.")
+    raise PgmlError(f"the feature matrix would take {_size(needed)} ({rows:,} rows x {features:,} features) and "
+                    f"training about {PEAK_FACTOR}x that, more than the {_size(budget)} a training run may use "
+                    "(pgml.training_memory)", hint=hint, sqlstate=errors.OUT_OF_MEMORY)
+
+
+def check_estimated_size(rows: float, columns: Sequence[FeatureColumn], budget: float) -> None:
+    """Refuses, before the relation is read, a run whose estimated rows (the planner's) would not
+    fit in ``budget`` even with one feature per column."""
+    needed = rows * (len(columns) + 1) * 8
+    if needed * PEAK_FACTOR <= budget:
+        return
+    raise PgmlError(f"the relation has about {rows:,.0f} rows, and training on them would need at least "
+                    f"{_size(needed * PEAK_FACTOR)}, more than the {_size(budget)} a training run may use "
+                    "(pgml.training_memory)", sqlstate=errors.OUT_OF_MEMORY,
+                    hint="Train on fewer rows (a view with TABLESAMPLE or LIMIT) or fewer columns, "
+                    "or raise it: SET pgml.training_memory = '4GB'.")
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MB"
 
 
 def memory_limit() -> float:
@@ -288,11 +326,14 @@ def _evaluate(model: Model, X_test: np.ndarray, y_test: np.ndarray, task: str, n
     return json_safe(metrics.evaluate(task, y_test, y_pred, proba, n_classes))
 
 
-def run(options: TrainingOptions, server: ServerConnection, dsn: str) -> TrainingResult:
-    """Reads the relation as the training user and trains on it."""
+def run(options: TrainingOptions, server: ServerConnection, dsn: str, memory_limit: int = 0) -> TrainingResult:
+    """Reads the relation as the training user and trains on it, within ``memory_limit`` bytes
+    (pgml.training_memory; 0 for the default)."""
+    budget = training_budget(memory_limit)
     y_column, columns = feature_columns(server, options.relation, options.y_column)
-    # Checked first: a typo in an option should not cost a full read of the data.
+    # Checked first: a typo in an option, or a relation far too big, should not cost a full read.
     task, _, _ = prepare(options, y_column, columns)
+    check_estimated_size(estimated_rows(server, options.relation), columns, budget)
     data, y_raw = read_training_data(dsn, options.trained_by, options.relation, y_column,
                                      task == "classification", columns)
-    return train(options, y_column, columns, data, y_raw)
+    return train(options, y_column, columns, data, y_raw, budget)

@@ -79,52 +79,100 @@ SELECT pg_catalog.pg_extension_config_dump('pgml.deployments', '');
 SELECT pg_catalog.pg_extension_config_dump('pgml.deployments_id_seq', '');
 
 -------------------------------------------------------------------------------------------------------
--- The foreign tables: the wrapper's face.
+-- Errors. The wrapper never raises an error itself: raising from Python would jump over the Python
+-- interpreter's frames, and enough of those jumps crash the backend. It hands the error back as a
+-- row ({"sqlstate", "message", "hint", "detail"}) and the SQL below raises it.
+-------------------------------------------------------------------------------------------------------
+-- STABLE, so that the views that call it stay simple views PostgreSQL can merge into a query.
+CREATE FUNCTION pgml._raise(error jsonb, result_type anyelement) RETURNS anyelement
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state text := coalesce(error ->> 'sqlstate', 'XX000');
+    message text := coalesce(error ->> 'message', 'pgml_fdw failed');
+    detail text := error ->> 'detail';
+    hint text := error ->> 'hint';
+BEGIN
+    -- A statement the wrapper gave up on because it was cancelled: PostgreSQL raises its own
+    -- cancel or termination error at the start of this statement, before anything below.
+    PERFORM pg_catalog.pg_sleep(0);
+    IF detail IS NOT NULL AND hint IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail, HINT = hint;
+    ELSIF hint IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, HINT = hint;
+    ELSIF detail IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message;
+END
+$$;
+
+-- 0 when there is no error, else raises it. Inlined into the query that calls it, so a row without
+-- an error costs one NULL test; written as "= 0" in conditions so that Multicorn passes it over.
+CREATE FUNCTION pgml._check(error jsonb) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN error IS NULL THEN 0 ELSE pgml._raise(error, 0) END
+$$;
+
+-- Multicorn cannot take rows from COPY (it crashes the backend), and the wrapper's tables are only
+-- written through the extension's own functions: every direct write is refused, COPY included.
+CREATE FUNCTION pgml._refuse_writes() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- pgml._run_training inserts into pgml._training_runs from inside a trigger; nothing else may.
+    IF TG_TABLE_NAME = '_training_runs' AND TG_OP = 'INSERT' AND pg_trigger_depth() > 1 THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'pgml.% cannot be written to directly', TG_TABLE_NAME
+        USING ERRCODE = '42809',
+              HINT = 'Train with INSERT INTO pgml.training_runs or pgml.train(); everything else is read-only.';
+END
+$$;
+
+-------------------------------------------------------------------------------------------------------
+-- The foreign tables: the wrapper's face. pgml.algorithms is read directly; the others are internal
+-- and read through the views and functions below, which raise the errors the wrapper hands back.
 -------------------------------------------------------------------------------------------------------
 
--- Train by INSERT: one row, one run. Give relation and y_column; everything else has a default.
--- The columns from metrics on are filled in by the run and returned by INSERT ... RETURNING *.
--- SELECT lists every stored run.
-CREATE FOREIGN TABLE pgml.training_runs (
-    id            text,             -- the new version's identifier, name_version
-    name          text,             -- default: the relation's name
+-- One row per training run: the request in, the run's results (or its error) out.
+CREATE FOREIGN TABLE pgml._training_runs (
+    id            text,
+    name          text,
     version       integer,
-    relation      text,             -- a table or view; every column but y_column is a feature
+    relation      text,
     y_column      text,
-    algorithm     text DEFAULT 'linear',   -- see pgml.algorithms
-    task          text,             -- regression or classification; default: from y_column's type
-    hyperparams   jsonb,            -- e.g. '{"n_estimators": 200}'
-    search        text,             -- grid or random hyperparameter search
-    search_params jsonb,            -- e.g. '{"max_depth": [3, 5, null]}'
-    search_folds  integer,          -- cross-validation folds of the search (default 3)
-    preprocess    jsonb,            -- per column, e.g. '{"age": {"impute": "median", "scale": "min_max"}}'
-    test_size     double precision, -- held-out fraction (default 0.25)
-    test_sampling text,             -- random (default) or last: the last rows, for time-ordered data
-    deploy        boolean DEFAULT true,    -- deploy when it beats the deployed version
+    algorithm     text,
+    task          text,
+    hyperparams   jsonb,
+    search        text,
+    search_params jsonb,
+    search_folds  integer,
+    preprocess    jsonb,
+    test_size     double precision,
+    test_sampling text,
+    deploy        boolean,
     metrics       jsonb,
     train_rows    integer,
     test_rows     integer,
     duration      interval,
     trained_by    name,
     trained_at    timestamptz,
-    token         text              -- internal: hands the trained estimator to the store
+    token         text,             -- hands the trained estimator to pgml._trained_estimators
+    memory_limit  bigint,           -- bytes one run may use (pgml.training_memory), 0: the default
+    error         jsonb
 ) SERVER pgml OPTIONS (table 'training_runs');
 
--- Predict by SELECT: WHERE model = ... AND features = ... gives one row. model is a name (its deployed
--- version) or a version's id (name_version). features is a jsonb object keyed by column name or an
--- array in training order. Or score a whole table at once:
---   WHERE model = ... AND relation = 'my_table' AND key_column = 'id'
--- gives one row per row of my_table, with its key_column value in key.
-CREATE FOREIGN TABLE pgml.predictions (
+-- Predictions, read through the view pgml.predictions.
+CREATE FOREIGN TABLE pgml._predictions (
     model         text,
     features      jsonb,
-    prediction    double precision, -- regression: the value; classification: the class if it is a number or boolean
-    label         text,             -- classification: the predicted class as text
-    probabilities jsonb,            -- classification: {class: probability}
-    version       integer,          -- the version that answered
-    relation      text,             -- batch form: the table or view to score
-    key_column    text,             -- batch form: the column returned in key
-    key           text
+    prediction    double precision,
+    label         text,
+    probabilities jsonb,
+    version       integer,
+    relation      text,
+    key_column    text,
+    key           text,
+    error         jsonb
 ) SERVER pgml OPTIONS (table 'predictions');
 
 -- The algorithms a run can name, per task, with their default hyperparameters.
@@ -137,24 +185,72 @@ CREATE FOREIGN TABLE pgml.algorithms (
     hyperparams   jsonb
 ) SERVER pgml OPTIONS (table 'algorithms');
 
--- Internal: the training run hands its estimator to pgml._after_training through this table.
-CREATE FOREIGN TABLE pgml.trained_estimators (
+-- Internal: a training run hands its estimator to pgml._run_training through this table.
+CREATE FOREIGN TABLE pgml._trained_estimators (
     token         text,
     estimator     bytea,
     details       jsonb             -- features, classes, hyperparams, search, importance
 ) SERVER pgml OPTIONS (table 'trained_estimators');
 
 -- Internal: scanned when a deployment changes, so this session's own next query sees it at once.
-CREATE FOREIGN TABLE pgml.model_cache (
+CREATE FOREIGN TABLE pgml._model_cache (
     name          text,
     model         text,
     txid          bigint
 ) SERVER pgml OPTIONS (table 'model_cache');
 
+CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE OR DELETE ON pgml._training_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION pgml._refuse_writes();
+CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE OR DELETE ON pgml._predictions
+    FOR EACH STATEMENT EXECUTE FUNCTION pgml._refuse_writes();
+CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE OR DELETE ON pgml.algorithms
+    FOR EACH STATEMENT EXECUTE FUNCTION pgml._refuse_writes();
+CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE OR DELETE ON pgml._trained_estimators
+    FOR EACH STATEMENT EXECUTE FUNCTION pgml._refuse_writes();
+CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE OR DELETE ON pgml._model_cache
+    FOR EACH STATEMENT EXECUTE FUNCTION pgml._refuse_writes();
+
+-- Predict by SELECT: WHERE model = ... AND features = ... gives one row. model is a name (its deployed
+-- version) or a version's id (name_version). features is a jsonb object keyed by column name or an
+-- array in training order, given as a constant or a query parameter. Or score a whole table at once:
+--   WHERE model = ... AND relation = 'my_table' AND key_column = 'id'
+-- gives one row per row of my_table, with its key_column value in key. To score the rows of another
+-- table one by one, use pgml.prediction(model, features) in a LATERAL join, or pgml.score().
+-- Every output column raises the wrapper's error, so a condition on one cannot hide it.
+CREATE VIEW pgml.predictions AS
+SELECT p.model, p.features,
+       CASE WHEN p.error IS NULL THEN p.prediction ELSE pgml._raise(p.error, p.prediction) END AS prediction,
+       CASE WHEN p.error IS NULL THEN p.label ELSE pgml._raise(p.error, p.label) END AS label,
+       CASE WHEN p.error IS NULL THEN p.probabilities ELSE pgml._raise(p.error, p.probabilities) END AS probabilities,
+       CASE WHEN p.error IS NULL THEN p.version ELSE pgml._raise(p.error, p.version) END AS version,
+       p.relation, p.key_column,
+       CASE WHEN p.error IS NULL THEN p.key ELSE pgml._raise(p.error, p.key) END AS key
+FROM pgml._predictions p
+WHERE pgml._check(p.error) = 0;
+COMMENT ON VIEW pgml.predictions IS 'Predictions: WHERE model = ... AND features = ... (one row), or AND relation = ... (a whole table).';
+
 -------------------------------------------------------------------------------------------------------
--- Training runs belong to the caller's transaction: the BEFORE trigger checks the request as the
--- caller, the wrapper trains, and the AFTER trigger stores the version, all in one transaction.
+-- Training runs belong to the caller's transaction: pgml._train checks the request as the caller,
+-- pgml._run_training has the wrapper train and stores the version, all in one transaction.
 -------------------------------------------------------------------------------------------------------
+
+-- Train by INSERT: one row, one run. Give relation and y_column; everything else has a default.
+-- The columns from metrics on are filled in by the run and returned by INSERT ... RETURNING *.
+-- SELECT lists every stored run.
+CREATE VIEW pgml.training_runs AS
+SELECT m.id, m.name, m.version, m.relation, m.y_column, m.algorithm, m.task, m.hyperparams,
+       m.search ->> 'method' AS search,
+       NULL::jsonb AS search_params,    -- grid or random search: e.g. '{"max_depth": [3, 5, null]}'
+       (m.search ->> 'folds')::integer AS search_folds,
+       NULL::jsonb AS preprocess,       -- per column, e.g. '{"age": {"impute": "median", "scale": "min_max"}}'
+       NULL::double precision AS test_size,   -- held-out fraction (default 0.25)
+       NULL::text AS test_sampling,     -- random (default) or last: the last rows, for time-ordered data
+       NULL::boolean AS deploy,         -- deploy when it beats the deployed version (default true)
+       m.metrics, m.train_rows, m.test_rows, m.duration, m.trained_by, m.trained_at
+FROM pgml.model_versions m;
+ALTER VIEW pgml.training_runs ALTER COLUMN algorithm SET DEFAULT 'linear';
+ALTER VIEW pgml.training_runs ALTER COLUMN deploy SET DEFAULT true;
+COMMENT ON VIEW pgml.training_runs IS 'INSERT (relation, y_column, ...) trains a model version; SELECT lists them.';
 
 -- The next version number of a name, counting this transaction's own uncommitted versions.
 CREATE FUNCTION pgml._next_version(model_name text) RETURNS integer
@@ -162,100 +258,145 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(max(version), 0) + 1 FROM pgml.model_versions WHERE name = model_name
 $$;
 
--- Runs as the caller and with the caller's search_path, which names the relation.
-CREATE FUNCTION pgml._before_training() RETURNS trigger
+-- The bytes one training run may use: pgml.training_memory (e.g. SET pgml.training_memory = '2GB'),
+-- or 0 for the wrapper's default, a quarter of the server's memory.
+CREATE FUNCTION pgml._training_memory() RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    setting text := nullif(current_setting('pgml.training_memory', true), '');
+BEGIN
+    IF setting IS NULL THEN
+        RETURN 0;
+    ELSIF pg_size_bytes(setting) <= 0 THEN
+        RAISE EXCEPTION 'pgml.training_memory must be positive, not %', setting
+            USING ERRCODE = '22023', HINT = 'For example: SET pgml.training_memory = ''2GB''.';
+    END IF;
+    RETURN pg_size_bytes(setting);
+EXCEPTION WHEN invalid_parameter_value THEN
+    RAISE EXCEPTION 'pgml.training_memory is not a size: %', setting
+        USING ERRCODE = '22023', HINT = 'For example: SET pgml.training_memory = ''2GB''.';
+END
+$$;
+
+-- The INSTEAD OF trigger of pgml.training_runs. Runs as the caller and with the caller's
+-- search_path, which names the relation; pgml._run_training does the rest as the extension owner.
+CREATE FUNCTION pgml._train() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     rel regclass;
 BEGIN
     IF NEW.relation IS NULL OR NEW.y_column IS NULL THEN
         RAISE EXCEPTION 'a training run needs relation and y_column'
-            USING HINT = 'INSERT INTO pgml.training_runs (relation, y_column) VALUES (''my_view'', ''column_to_predict'')';
+            USING ERRCODE = '22023',
+                  HINT = 'INSERT INTO pgml.training_runs (relation, y_column) VALUES (''my_view'', ''column_to_predict'')';
     END IF;
-    -- Resolved here, with the caller's search_path, so the wrapper reads exactly this relation.
-    rel := to_regclass(NEW.relation);
+    BEGIN
+        rel := to_regclass(NEW.relation);
+    EXCEPTION WHEN OTHERS THEN  -- a name that does not even parse
+        rel := NULL;
+    END;
     IF rel IS NULL THEN
         RAISE EXCEPTION 'relation "%" does not exist', NEW.relation
-            USING HINT = 'Name a table or view you can SELECT from, schema-qualified if it is not on your search_path.';
+            USING ERRCODE = '42P01',
+                  HINT = 'Name a table or view you can SELECT from, schema-qualified if it is not on your search_path.';
+    END IF;
+    NEW.trained_by := current_user;
+    RETURN pgml._run_training(NEW, rel);
+END
+$$;
+
+-- Trains and stores one run: called by pgml._train with the caller's request, the relation it
+-- resolved and the caller as trained_by. Checks again what it must not take on trust.
+CREATE FUNCTION pgml._run_training(run pgml.training_runs, rel regclass) RETURNS pgml.training_runs
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    trained record;
+    estimator record;
+    current record;
+    key_metric text;
+    token text;
+BEGIN
+    IF run.trained_by IS NULL OR NOT pg_has_role(session_user, run.trained_by, 'MEMBER') THEN
+        RAISE EXCEPTION 'a training run may only read as a role this session can become'
+            USING ERRCODE = '42501';
     END IF;
     IF (SELECT relpersistence FROM pg_class WHERE oid = rel) = 't' THEN
         RAISE EXCEPTION 'cannot train on the temporary table %', rel
-            USING HINT = 'The training run reads through its own connection, which cannot see temporary tables: use an ordinary table or view.';
+            USING ERRCODE = '0A000',
+                  HINT = 'The training run reads through its own connection, which cannot see temporary tables: use an ordinary table or view.';
     END IF;
-    IF NOT has_table_privilege(rel, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for %: training reads it as %', rel, current_user
-            USING HINT = format('Ask its owner for GRANT SELECT ON %s TO %I.', rel, current_user);
+    IF NOT has_table_privilege(run.trained_by, rel, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for %: training reads it as %', rel, run.trained_by
+            USING ERRCODE = '42501', HINT = format('Ask its owner for GRANT SELECT ON %s TO %I.', rel, run.trained_by);
     END IF;
     -- Schema-qualified: the wrapper's connection has its own search_path.
-    SELECT format('%I.%I', n.nspname, c.relname), coalesce(NEW.name, c.relname)
-      INTO NEW.relation, NEW.name
+    SELECT format('%I.%I', n.nspname, c.relname), coalesce(run.name, c.relname)
+      INTO run.relation, run.name
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
-    IF NEW.name !~ '^[A-Za-z_][A-Za-z0-9_]*$' OR length(NEW.name) > 60 THEN
-        RAISE EXCEPTION 'invalid model name "%"', NEW.name
-            USING HINT = 'Use letters, digits and underscores, starting with a letter, at most 60 characters.';
+    IF run.name !~ '^[A-Za-z_][A-Za-z0-9_]*$' OR length(run.name) > 60 THEN
+        RAISE EXCEPTION 'invalid model name "%"', run.name
+            USING ERRCODE = '22023',
+                  HINT = 'Use letters, digits and underscores, starting with a letter, at most 60 characters.';
     END IF;
     -- One run per name at a time, so that version numbers are handed out in order.
-    PERFORM pg_advisory_xact_lock(hashtext('pgml_fdw:' || NEW.name));
-    NEW.version := pgml._next_version(NEW.name);
-    NEW.id := NEW.name || '_' || NEW.version;
-    NEW.trained_by := current_user;
-    NEW.trained_at := now();
-    NEW.token := txid_current()::text || ':' || gen_random_uuid()::text;
-    NEW.metrics := NULL; NEW.train_rows := NULL; NEW.test_rows := NULL; NEW.duration := NULL;
-    RETURN NEW;
-END
-$$;
+    PERFORM pg_advisory_xact_lock(hashtext('pgml_fdw:' || run.name));
+    run.version := pgml._next_version(run.name);
+    run.id := run.name || '_' || run.version;
+    run.trained_at := now();
+    token := txid_current()::text || ':' || gen_random_uuid()::text;
 
--- Stores the version the wrapper trained, and deploys it when it beats the deployed one.
-CREATE FUNCTION pgml._after_training() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    run record;
-    current record;
-    key_metric text;
-BEGIN
-    SELECT * INTO run FROM pgml.trained_estimators WHERE token = NEW.token;
-    IF run.estimator IS NULL THEN
-        RAISE EXCEPTION 'training run % produced no model', NEW.id
-            USING HINT = 'This is a bug in pgml_fdw: please report it with the PostgreSQL log.';
-    END IF;
+    INSERT INTO pgml._training_runs (id, name, version, relation, y_column, algorithm, task, hyperparams,
+                                     search, search_params, search_folds, preprocess, test_size,
+                                     test_sampling, deploy, trained_by, trained_at, token, memory_limit)
+    VALUES (run.id, run.name, run.version, run.relation, run.y_column, coalesce(run.algorithm, 'linear'),
+            run.task, run.hyperparams, run.search, run.search_params, run.search_folds, run.preprocess,
+            run.test_size, run.test_sampling, run.deploy, run.trained_by, run.trained_at, token,
+            pgml._training_memory())
+    RETURNING * INTO trained;
+    PERFORM pgml._check(trained.error);
+
+    SELECT * INTO estimator FROM pgml._trained_estimators e WHERE e.token = trained.token;
     INSERT INTO pgml.model_versions (id, name, version, task, algorithm, relation, y_column, features,
                                      classes, hyperparams, search, metrics, importance, train_rows,
                                      test_rows, duration, trained_by, trained_at)
-    SELECT NEW.id, NEW.name, NEW.version, NEW.task, NEW.algorithm, NEW.relation, NEW.y_column,
-           d.features, d.classes, d.hyperparams, d.search, NEW.metrics, d.importance, NEW.train_rows,
-           NEW.test_rows, NEW.duration, NEW.trained_by, NEW.trained_at
-    FROM jsonb_to_record(run.details)
+    SELECT run.id, run.name, run.version, trained.task, trained.algorithm, run.relation, run.y_column,
+           d.features, d.classes, d.hyperparams, d.search, trained.metrics, d.importance,
+           trained.train_rows, trained.test_rows, trained.duration, run.trained_by, run.trained_at
+    FROM jsonb_to_record(estimator.details)
          AS d(features jsonb, classes jsonb, hyperparams jsonb, search jsonb, importance jsonb);
-    INSERT INTO pgml.model_estimators (model_id, estimator) VALUES (NEW.id, run.estimator);
+    INSERT INTO pgml.model_estimators (model_id, estimator) VALUES (run.id, estimator.estimator);
 
-    IF NOT coalesce(NEW.deploy, true) THEN
-        RETURN NULL;
+    run.task := trained.task;
+    run.algorithm := trained.algorithm;
+    run.metrics := trained.metrics;
+    run.train_rows := trained.train_rows;
+    run.test_rows := trained.test_rows;
+    run.duration := trained.duration;
+    IF NOT coalesce(run.deploy, true) THEN
+        RETURN run;
     END IF;
-    SELECT v.* INTO current FROM pgml.deployed_models v WHERE v.name = NEW.name;
-    key_metric := CASE NEW.task WHEN 'regression' THEN 'r2' ELSE 'f1' END;
+    SELECT v.* INTO current FROM pgml.deployed_models v WHERE v.name = run.name;
+    key_metric := CASE run.task WHEN 'regression' THEN 'r2' ELSE 'f1' END;
     IF current IS NULL
-       OR (current.task = NEW.task AND current.y_column = NEW.y_column
-           AND coalesce((NEW.metrics ->> key_metric)::float8, '-Infinity')
+       OR (current.task = run.task AND current.y_column = run.y_column
+           AND coalesce((run.metrics ->> key_metric)::float8, '-Infinity')
                > coalesce((current.metrics ->> key_metric)::float8, '-Infinity')) THEN
         INSERT INTO pgml.deployments (name, version, strategy, deployed_by)
-        VALUES (NEW.name, NEW.version, 'auto', NEW.trained_by);
+        VALUES (run.name, run.version, 'auto', run.trained_by);
     END IF;
-    RETURN NULL;
+    RETURN run;
 END
 $$;
 
-CREATE TRIGGER before_training BEFORE INSERT ON pgml.training_runs
-    FOR EACH ROW EXECUTE FUNCTION pgml._before_training();
-CREATE TRIGGER after_training AFTER INSERT ON pgml.training_runs
-    FOR EACH ROW EXECUTE FUNCTION pgml._after_training();
+CREATE TRIGGER train INSTEAD OF INSERT ON pgml.training_runs
+    FOR EACH ROW EXECUTE FUNCTION pgml._train();
 
 -- Every backend caches models; a deployment tells them all (after commit) and this session at once.
 CREATE FUNCTION pgml._deployment_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM pg_notify('pgml_models', NEW.name);
-    PERFORM 1 FROM pgml.model_cache
+    PERFORM 1 FROM pgml._model_cache
      WHERE name = NEW.name AND model = NEW.name || '_' || NEW.version AND txid = txid_current();
     RETURN NULL;
 END
@@ -325,7 +466,8 @@ BEGIN
     END IF;
     IF found IS NULL THEN
         RAISE EXCEPTION 'no model named "%"', model
-            USING HINT = 'Train one with pgml.train, or list them: SELECT id, deployed FROM pgml.models.';
+            USING ERRCODE = '42704',
+                  HINT = 'Train one with pgml.train, or list them: SELECT id, deployed FROM pgml.models.';
     END IF;
     RETURN found;
 END
@@ -350,12 +492,37 @@ BEGIN
 END
 $$;
 
--- The prediction for one row of features: a jsonb object or array, one value of any type, or a
--- row: pgml.score('my_data_1', '2 years'::interval), pgml.score('m', ROW(31, 'Paris')).
--- Regression gives the value; classification the class, when classes are numbers or booleans
--- (use pgml.classify for text classes).
+-- Scoring functions, one row of features per call: in a select list (pgml.score), or in a LATERAL
+-- join (pgml.prediction). Their COST is set low on purpose: PostgreSQL cannot compile Python, so
+-- counting a prediction at its true cost would only make it JIT-compile every query that scores
+-- many rows, which costs far more than it saves.
+
+-- Every column of a prediction for one row of features: a jsonb object or array, one value of any
+-- type, or a row. Use it where a query needs more than the value:
+--   SELECT u.id, p.label, p.probabilities FROM users u
+--   CROSS JOIN LATERAL pgml.prediction('churn', jsonb_build_object('plan', u.plan, 'seats', u.seats)) p;
+CREATE FUNCTION pgml.prediction(model text, features jsonb)
+RETURNS TABLE (prediction double precision, label text, probabilities jsonb, version integer)
+LANGUAGE plpgsql STABLE ROWS 1 COST 10 SET plan_cache_mode = force_generic_plan SET jit = off AS $$
+DECLARE
+    resolved text := pgml._resolve(model);  -- once: as a condition of the query it would run twice
+BEGIN
+    RETURN QUERY
+    SELECT p.prediction, p.label, p.probabilities, p.version
+    FROM pgml.predictions p WHERE p.model = resolved AND p.features = prediction.features;
+END
+$$;
+
+CREATE FUNCTION pgml.prediction(model text, features anyelement)
+RETURNS TABLE (prediction double precision, label text, probabilities jsonb, version integer)
+LANGUAGE sql STABLE ROWS 1 COST 10 AS $$ SELECT * FROM pgml.prediction(model, pgml._features(features)) $$;
+
+-- The prediction for one row of features: pgml.score('my_data_1', '2 years'::interval),
+-- pgml.score('m', ROW(31, 'Paris')), pgml.score('m', '{"age": 31}'::jsonb). Regression gives the
+-- value; classification the class, when classes are numbers or booleans (use pgml.classify for
+-- text classes).
 CREATE FUNCTION pgml.score(model text, features jsonb) RETURNS double precision
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan SET jit = off AS $$
+LANGUAGE plpgsql STABLE COST 10 SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 DECLARE
     resolved text := pgml._resolve(model);  -- once: as a condition of the query it would run twice
     answer record;
@@ -364,18 +531,18 @@ BEGIN
     FROM pgml.predictions p WHERE p.model = resolved AND p.features = score.features;
     IF answer.prediction IS NULL AND answer.label IS NOT NULL THEN
         RAISE EXCEPTION 'model "%" predicts text classes, which pgml.score cannot return as a number', model
-            USING HINT = 'Use pgml.classify(model, features) for the class as text.';
+            USING ERRCODE = '22023', HINT = 'Use pgml.classify(model, features) for the class as text.';
     END IF;
     RETURN answer.prediction;
 END
 $$;
 
 CREATE FUNCTION pgml.score(model text, features anyelement) RETURNS double precision
-LANGUAGE sql STABLE AS $$ SELECT pgml.score(model, pgml._features(features)) $$;
+LANGUAGE sql STABLE COST 10 AS $$ SELECT pgml.score(model, pgml._features(features)) $$;
 
 -- The predicted class as text, for classification models.
 CREATE FUNCTION pgml.classify(model text, features jsonb) RETURNS text
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan SET jit = off AS $$
+LANGUAGE plpgsql STABLE COST 10 SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 DECLARE
     resolved text := pgml._resolve(model);  -- once: as a condition of the query it would run twice
     answer record;
@@ -384,18 +551,18 @@ BEGIN
     FROM pgml.predictions p WHERE p.model = resolved AND p.features = classify.features;
     IF answer.label IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', model
-            USING HINT = 'Use pgml.score(model, features) for its prediction.';
+            USING ERRCODE = '22023', HINT = 'Use pgml.score(model, features) for its prediction.';
     END IF;
     RETURN answer.label;
 END
 $$;
 
 CREATE FUNCTION pgml.classify(model text, features anyelement) RETURNS text
-LANGUAGE sql STABLE AS $$ SELECT pgml.classify(model, pgml._features(features)) $$;
+LANGUAGE sql STABLE COST 10 AS $$ SELECT pgml.classify(model, pgml._features(features)) $$;
 
 -- The probability of each class, {class: probability}, for classification models.
 CREATE FUNCTION pgml.predict_proba(model text, features jsonb) RETURNS jsonb
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan SET jit = off AS $$
+LANGUAGE plpgsql STABLE COST 10 SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 DECLARE
     resolved text := pgml._resolve(model);  -- once: as a condition of the query it would run twice
     answer record;
@@ -404,18 +571,19 @@ BEGIN
     FROM pgml.predictions p WHERE p.model = resolved AND p.features = predict_proba.features;
     IF answer.label IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model and has no class probabilities', model
-            USING HINT = 'Use pgml.score(model, features) for its prediction.';
+            USING ERRCODE = '22023', HINT = 'Use pgml.score(model, features) for its prediction.';
     END IF;
     IF answer.probabilities IS NULL THEN
         RAISE EXCEPTION 'the algorithm of model "%" gives no probabilities', model
-            USING HINT = 'Train it with an algorithm that does, for instance linear or random_forest.';
+            USING ERRCODE = '22023',
+                  HINT = 'Train it with an algorithm that does, for instance linear or random_forest.';
     END IF;
     RETURN answer.probabilities;
 END
 $$;
 
 CREATE FUNCTION pgml.predict_proba(model text, features anyelement) RETURNS jsonb
-LANGUAGE sql STABLE AS $$ SELECT pgml.predict_proba(model, pgml._features(features)) $$;
+LANGUAGE sql STABLE COST 10 AS $$ SELECT pgml.predict_proba(model, pgml._features(features)) $$;
 
 -- Deploy a version of a model by strategy: best_score (the best key metric among versions with the
 -- deployed version's task and y column), most_recent, or rollback (the version deployed before the
@@ -430,7 +598,7 @@ DECLARE
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pgml.model_versions m WHERE m.name = model_name) THEN
         RAISE EXCEPTION 'no model named "%"', model_name
-            USING HINT = 'List them: SELECT DISTINCT name FROM pgml.models.';
+            USING ERRCODE = '42704', HINT = 'List them: SELECT DISTINCT name FROM pgml.models.';
     END IF;
     SELECT * INTO current FROM pgml.deployed_models d WHERE d.name = model_name;
     CASE strategy
@@ -449,11 +617,11 @@ BEGIN
         ORDER BY d.id DESC LIMIT 1;
         IF chosen IS NULL THEN
             RAISE EXCEPTION 'model "%" has no earlier deployment to roll back to', model_name
-                USING HINT = 'Deploy a version by number: SELECT pgml.deploy(name, version).';
+                USING ERRCODE = '22023', HINT = 'Deploy a version by number: SELECT pgml.deploy(name, version).';
         END IF;
     ELSE
         RAISE EXCEPTION 'unknown deployment strategy "%"', strategy
-            USING HINT = 'Use best_score, most_recent or rollback, or give a version number.';
+            USING ERRCODE = '22023', HINT = 'Use best_score, most_recent or rollback, or give a version number.';
     END CASE;
     INSERT INTO pgml.deployments (name, version, strategy, deployed_by)
     VALUES (model_name, chosen, strategy, current_user);
@@ -470,7 +638,7 @@ DECLARE
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pgml.model_versions m WHERE m.name = model_name AND m.version = model_version) THEN
         RAISE EXCEPTION 'model "%" has no version %', model_name, model_version
-            USING HINT = 'List its versions: SELECT id, version, metrics FROM pgml.models WHERE name = ''' || model_name || '''.';
+            USING ERRCODE = '42704', HINT = 'List its versions: SELECT id, version, metrics FROM pgml.models WHERE name = ''' || model_name || '''.';
     END IF;
     INSERT INTO pgml.deployments (name, version, strategy, deployed_by)
     VALUES (model_name, model_version, 'version', current_user);
@@ -485,5 +653,7 @@ $$;
 -------------------------------------------------------------------------------------------------------
 GRANT USAGE ON SCHEMA pgml TO PUBLIC;
 GRANT SELECT ON pgml.algorithms TO PUBLIC;
--- pgml._next_version stays callable: the BEFORE trigger runs as the training role.
-REVOKE ALL ON FUNCTION pgml._after_training(), pgml._deployment_changed() FROM PUBLIC;
+-- Callable by everyone on purpose: pgml._train runs as the training role and calls
+-- pgml._run_training, which checks what it is given; pgml._raise and pgml._check run in the
+-- callers' queries.
+REVOKE ALL ON FUNCTION pgml._deployment_changed(), pgml._refuse_writes() FROM PUBLIC;

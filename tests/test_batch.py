@@ -20,9 +20,8 @@ def houses(db: Session) -> str:
 
 def _one_by_one(db: Session, model: str, relation: str) -> dict:
     """Predictions of each row through the single-row form, by id."""
-    rows = db.rows(f"SELECT h.id, p.prediction FROM {relation} h CROSS JOIN LATERAL ("
-                   "SELECT prediction FROM pgml.predictions WHERE model = %s "
-                   "AND features = jsonb_build_object('size', h.size, 'rooms', h.rooms, 'district', h.district)) p",
+    rows = db.rows(f"SELECT h.id, p.prediction FROM {relation} h CROSS JOIN LATERAL pgml.prediction("
+                   "%s, jsonb_build_object('size', h.size, 'rooms', h.rooms, 'district', h.district)) p",
                    (model,))
     return {str(i): p for i, p in rows}
 
@@ -132,8 +131,8 @@ def test_lateral_join_with_the_model_from_the_outer_row(db: Session, name: str) 
     make_table(db, "outer_line", "x float8, y float8", [(float(x), 2.0 * x) for x in range(50)])
     db.one("SELECT pgml.train('outer_line', 'y', name => %s)", (name,))
     make_table(db, "requests", "id int, model text, x float8", [(i, name, float(i)) for i in range(10)])
-    rows = db.rows("SELECT r.id, p.prediction FROM requests r CROSS JOIN LATERAL ("
-                   "SELECT prediction FROM pgml.predictions WHERE model = r.model AND features = jsonb_build_array(r.x)) p "
+    rows = db.rows("SELECT r.id, p.prediction FROM requests r "
+                   "CROSS JOIN LATERAL pgml.prediction(r.model, jsonb_build_array(r.x)) p "
                    "ORDER BY r.id")
     assert [i for i, _ in rows] == list(range(10))
     assert all(p == pytest.approx(2.0 * i, abs=0.01) for i, p in rows)

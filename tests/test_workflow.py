@@ -119,8 +119,8 @@ def test_lateral_join_gives_one_prediction_per_row(db: Session, name: str) -> No
     db.one("SELECT pgml.train('line', 'y', name => %s)", (name,))
     make_table(db, "inputs", "id int, x float8", [(i, float(i)) for i in range(20)])
     rows = db.rows(
-        "SELECT i.id, p.prediction FROM inputs i CROSS JOIN LATERAL ("
-        "  SELECT prediction FROM pgml.predictions WHERE model = %s AND features = jsonb_build_array(i.x)) p "
+        "SELECT i.id, p.prediction FROM inputs i "
+        "CROSS JOIN LATERAL pgml.prediction(%s, jsonb_build_array(i.x)) p "
         "ORDER BY i.id", (name,))
     assert [r[0] for r in rows] == list(range(20))
     assert all(p == pytest.approx(3 * i + 1, abs=0.05) for i, p in rows)

@@ -29,12 +29,12 @@ def test_the_memory_limit_is_at_most_the_physical_memory() -> None:
 
 def test_a_matrix_within_the_limit_passes() -> None:
     encoder = _fitted()
-    check_matrix_size(encoder, ROWS, limit=ROWS * 201 * 8)  # age + 200 one-hot features, exactly
+    check_matrix_size(encoder, ROWS, budget=ROWS * 201 * 8 * training.PEAK_FACTOR)  # age + 200 one-hot features
 
 
 def test_an_identifier_column_is_named_with_the_fix() -> None:
     with pytest.raises(PgmlError) as caught:
-        check_matrix_size(_fitted(), ROWS, limit=ROWS * 200 * 8)
+        check_matrix_size(_fitted(), ROWS, budget=ROWS * 200 * 8 * training.PEAK_FACTOR)
     assert f"({ROWS:,} rows x 201 features)" in caught.value.message
     assert 'Column "email" alone becomes 200 features' in caught.value.hint
     assert '"encode": "ordinal"' in caught.value.hint
@@ -42,13 +42,14 @@ def test_an_identifier_column_is_named_with_the_fix() -> None:
 
 def test_too_many_rows_of_numbers_suggests_fewer_rows() -> None:
     with pytest.raises(PgmlError) as caught:
-        check_matrix_size(_fitted([COLUMNS[0]]), ROWS, limit=100)
+        check_matrix_size(_fitted([COLUMNS[0]]), ROWS, budget=100)
     assert "fewer rows" in caught.value.hint
 
 
 def test_training_stops_before_making_the_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A quarter of this is room for 100 features; the 150 training rows give email 150 categories.
-    monkeypatch.setattr(training, "memory_limit", lambda: 4 * ROWS * 100 * 8)
+    # The default budget (a quarter of this) is room for 100 features at the peak factor; the 150
+    # training rows give email 150 categories.
+    monkeypatch.setattr(training, "memory_limit", lambda: 4 * ROWS * 100 * 8 * training.PEAK_FACTOR)
     transformed = []
     monkeypatch.setattr(FeatureEncoder, "transform", lambda self, data: transformed.append(1))
     options = TrainingOptions.from_row({"id": "m_1", "name": "m", "version": 1, "relation": "users",
@@ -59,3 +60,20 @@ def test_training_stops_before_making_the_matrix(monkeypatch: pytest.MonkeyPatch
         training.train(options, FeatureColumn("y", "double precision", "number", "float8"), columns, data,
                        np.arange(ROWS, dtype=np.float64))
     assert transformed == []
+
+
+def test_the_training_budget_defaults_to_a_quarter_and_refuses_over_half(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "memory_limit", lambda: 8 * 2**30)
+    assert training.training_budget(0) == 2 * 2**30
+    assert training.training_budget(3 * 2**30) == 3 * 2**30
+    with pytest.raises(PgmlError) as caught:
+        training.training_budget(5 * 2**30)
+    assert "more than half" in caught.value.message and "4.0 GB" in caught.value.hint
+
+
+def test_a_relation_estimated_too_big_is_refused_before_reading() -> None:
+    columns = [FeatureColumn("age", "integer", "number", "int4")]
+    training.check_estimated_size(1000, columns, budget=1000 * 2 * 8 * training.PEAK_FACTOR)
+    with pytest.raises(PgmlError) as caught:
+        training.check_estimated_size(10**9, columns, budget=2**30)
+    assert caught.value.sqlstate == "53200" and "pgml.training_memory" in caught.value.hint
