@@ -45,7 +45,8 @@ in_namespace() {
         mount --bind "$repo" "$root$code"
         exec "$@"' _ "$ROOT" "$REPO" "$CODE" \
         env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
-        PGML_PORT="$PORT" PGML_BENCH_QUICK="${PGML_BENCH_QUICK:-}" CI="${CI:-}" TERM="${TERM:-dumb}" \
+        PGML_PORT="$PORT" PGML_BENCH_QUICK="${PGML_BENCH_QUICK:-}" PGML_TEST_DATABASE="${PGML_TEST_DATABASE:-pgml_test}" \
+        CI="${CI:-}" TERM="${TERM:-dumb}" \
         chroot "$ROOT" "$@"
 }
 

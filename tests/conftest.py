@@ -1,7 +1,8 @@
 """Fixtures for the integration tests: a real PostgreSQL with Multicorn and this package.
 
 The tests run against the local server (``make test`` starts it) in a database of their own,
-``pgml_test``, made anew for every run with ``CREATE EXTENSION pgml_fdw CASCADE``.
+``pgml_test`` (or ``$PGML_TEST_DATABASE``), made anew for every run with ``CREATE EXTENSION pgml_fdw
+CASCADE``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import psycopg2.extensions
 import pytest
 
 PORT = int(os.environ.get("PGML_PORT", "5433"))
-DATABASE = "pgml_test"
+DATABASE = os.environ.get("PGML_TEST_DATABASE", "pgml_test")
 _counter = itertools.count(1)
 
 
