@@ -8,9 +8,11 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 from .columns import FeatureColumn
 from .connection import ServerConnection
+from . import errors, isolation
 from .errors import PgmlError
 from .loading import INTEGER, TEXT, feature_field, read_columns, relation_columns
 from .model import Model, Prediction
+from .training import training_budget
 
 
 def session_role(server: ServerConnection) -> str:
@@ -18,8 +20,8 @@ def session_role(server: ServerConnection) -> str:
     form reads with the privileges of the role that logged in."""
     rows = server.fetch("SELECT usename FROM pg_stat_activity WHERE pid = %s", (os.getpid(),))
     if not rows or rows[0][0] is None:
-        raise PgmlError("pgml_fdw cannot tell which role this session belongs to",
-                        hint="Score the rows one by one through a LATERAL join instead.")
+        raise PgmlError("pgml_fdw cannot tell which role this session belongs to", sqlstate=errors.INTERNAL_ERROR,
+                        hint="Score the rows one by one with pgml.prediction() in a LATERAL join instead.")
     return rows[0][0]
 
 
@@ -32,11 +34,12 @@ def _fields(server: ServerConnection, model: Model, relation: str,
     missing = [c.name for c in model.columns if c.name not in types]
     if missing:
         raise PgmlError(f"{relation} lacks the features {', '.join(missing)} of model {model.model_id}",
-                        hint="Score a relation with the same columns as the one the model was trained on.")
+                        hint="Score a relation with the same columns as the one the model was trained on.",
+                        sqlstate=errors.UNDEFINED_COLUMN)
     fields = [feature_field(c) for c in model.columns]
     if key_column is not None:
         if key_column not in types:
-            raise PgmlError(f'column "{key_column}" does not exist in {relation}',
+            raise PgmlError(f'column "{key_column}" does not exist in {relation}', sqlstate=errors.UNDEFINED_COLUMN,
                             hint=f"key_column names the column returned as key; {relation} has: {', '.join(types)}.")
         base = types[key_column]
         integer = base in ("int2", "int4", "int8")
@@ -47,15 +50,26 @@ def _fields(server: ServerConnection, model: Model, relation: str,
 
 def score_relation(server: ServerConnection, dsn: str, model: Model, relation: str,
                    key_column: Optional[str]) -> Tuple[Optional[List[Any]], List[Prediction]]:
-    """Every row of the relation's prediction and, if key_column is given, its key (else None)."""
+    """Every row of the relation's prediction and, if key_column is given, its key (else None).
+
+    The relation is read and scored in a worker process (:mod:`isolation`): a cancel or a statement
+    timeout stops a slow view at once, and a relation too big for memory costs the worker, not
+    the backend. Raises :class:`isolation.Interrupted` when PostgreSQL asked the backend to stop.
+    """
     rows = server.fetch("SELECT to_regclass(%s)::text", (relation,))
     if rows[0][0] is None:
-        raise PgmlError(f'relation "{relation}" does not exist',
+        raise PgmlError(f'relation "{relation}" does not exist', sqlstate=errors.UNDEFINED_TABLE,
                         hint="Name a table or view, schema-qualified unless it is in public.")
     fields = _fields(server, model, rows[0][0], key_column)
-    arrays = read_columns(dsn, session_role(server), rows[0][0], fields)
+    return isolation.run(_score_in_worker, dsn, session_role(server), rows[0][0], model, fields, key_column is not None,
+                         memory_limit=training_budget(0), on_abandon=server.terminate, task="batch scoring")
+
+
+def _score_in_worker(dsn: str, role: str, relation: str, model: Model, fields: List[Tuple[FeatureColumn, str]],
+                     keyed: bool) -> Tuple[Optional[List[Any]], List[Prediction]]:
+    arrays = read_columns(dsn, role, relation, fields)
     predictions = model.predict_arrays({c.name: a for c, a in zip(model.columns, arrays)})
-    return (arrays[-1].tolist() if key_column is not None else None), predictions
+    return (arrays[-1].tolist() if keyed else None), predictions
 
 
 def as_rows(order: Sequence[str], constant: Mapping[str, Any], keys: Optional[List[Any]],

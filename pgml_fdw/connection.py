@@ -20,20 +20,26 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from . import errors, isolation
 from .errors import PgmlError
 
 CHANNEL = "pgml_models"
 
 
 def connect(dsn: str) -> "psycopg2.extensions.connection":
-    """A connection to the dsn, with an error that says how to fix the dsn when it fails."""
+    """A connection to the dsn, with an error that says how to fix the dsn when it fails. In a
+    worker process, its backend is reported to the supervising backend, which stops it if the work
+    is abandoned."""
     try:
-        return psycopg2.connect(dsn)
+        conn = psycopg2.connect(dsn)
+        isolation.report_backend_pid(conn.get_backend_pid())
+        return conn
     except psycopg2.OperationalError as exc:
         raise PgmlError(
             f"pgml_fdw cannot connect back to this database: {str(exc).strip()}",
             hint="The foreign server pgml's dsn option says how; fix it with "
             "ALTER SERVER pgml OPTIONS (SET dsn 'host=... port=... dbname=... user=...').",
+            sqlstate=errors.CONNECTION_FAILURE,
         ) from exc
 
 
@@ -68,12 +74,19 @@ class ServerConnection:
                     return cur.fetchall()
             except psycopg2.errors.LockNotAvailable as exc:
                 raise PgmlError("pgml_fdw's tables are locked by a transaction that has not committed",
-                                hint="Commit the transaction that created or altered the extension first.") from exc
+                                hint="Commit the transaction that created or altered the extension first.",
+                                sqlstate=errors.LOCK_NOT_AVAILABLE) from exc
             except psycopg2.OperationalError:
                 self._conn = None
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def terminate(self, pids: List[int]) -> None:
+        """Ends the given backends of this database's loopback connections (a worker process's,
+        abandoned: killing the worker does not stop a query its backend is running)."""
+        if pids:
+            self.fetch("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (list(pids),))
 
     def changed(self) -> bool:
         """Whether a deployment changed since the last call: one non-blocking look at the socket."""

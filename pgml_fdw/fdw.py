@@ -12,7 +12,6 @@ holds it, which the extension's SQL raises with its SQLSTATE, message and hint.
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -22,6 +21,7 @@ from multicorn import ForeignDataWrapper
 from . import errors, plan_guard
 from .connection import ServerConnection
 from .errors import PgmlError
+from .isolation import ChildFailed
 
 # One connection and one model store per backend and dsn: Multicorn keeps one wrapper object per
 # foreign table, and they share these.
@@ -46,6 +46,11 @@ def as_user_error(exc: BaseException) -> PgmlError:
     message; the traceback of a bug goes to the server log (the backend's stderr), not the client."""
     if isinstance(exc, PgmlError):
         return exc
+    if isinstance(exc, ChildFailed):
+        sys.stderr.write(f"pgml_fdw: unexpected error in a worker process\n{exc.traceback_text}")
+        sys.stderr.flush()
+        return PgmlError(f"pgml_fdw failed unexpectedly: {exc}", sqlstate=errors.INTERNAL_ERROR,
+                         hint="This is a bug in pgml_fdw: please report it with the server log, which has its traceback.")
     if isinstance(exc, MemoryError):
         return PgmlError("pgml_fdw ran out of memory", sqlstate=errors.OUT_OF_MEMORY,
                          hint="Train or score fewer rows or columns, or give the server more memory.")
@@ -90,9 +95,16 @@ class TrainingRuns(_Table):
     or its error."""
 
     def insert(self, values: Dict[str, Any]) -> Dict[str, Any]:
+        from .isolation import Interrupted
+
         row = dict(values)
         try:
             row.update(self._train(values))
+        except Interrupted:
+            # PostgreSQL raises its own cancel or termination error at pgml._run_training's next
+            # statement; this row only has to say that no model came back.
+            row["error"] = PgmlError("canceling statement: the training was stopped",
+                                     sqlstate=errors.QUERY_CANCELED).as_json()
         except Exception as exc:  # noqa: BLE001 - handed back to pgml._run_training, which raises it
             row["error"] = as_user_error(exc).as_json()
         for key in ("hyperparams", "search_params", "preprocess", "metrics"):
@@ -109,10 +121,10 @@ class TrainingRuns(_Table):
         result = run(options, self.server, self.dsn, memory_limit=int(values.get("memory_limit") or 0))
         for stale in [t for t in _PENDING if not t.startswith(f"{txid}:")]:
             del _PENDING[stale]  # left behind by a statement that failed after training
-        _PENDING[token] = (pickle.dumps(result.model, protocol=4), result.details)
-        self.store.remember_trained(result.model, txid)
+        _PENDING[token] = (result.model, result.details)
+        self.store.remember_trained(options.model_id, result.model, txid)
         return {
-            "task": result.model.task,
+            "task": result.task,
             "algorithm": options.algorithm,
             "metrics": _json_text(result.metrics),
             "train_rows": result.train_rows,
@@ -162,16 +174,25 @@ class Predictions(_Table):
     """pgml._predictions: one row for WHERE model AND features, or a whole relation's rows."""
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Any]:
+        from .isolation import Interrupted
+
         wanted = _equalities(quals)
         try:
             return self._predict(wanted)
+        except Interrupted:
+            # PostgreSQL raises its own cancel or termination error when the view checks this row.
+            error = PgmlError("canceling statement: the batch was stopped", sqlstate=errors.QUERY_CANCELED)
+            return self._error_row(wanted, error)
         except Exception as exc:  # noqa: BLE001 - handed back to the view pgml.predictions, which raises it
-            # The one row carries the conditions back unchanged, so that PostgreSQL's recheck of
-            # them keeps it and the view's check raises the error.
-            features = wanted.get("features")
-            echo = dict(wanted, features=features if features is None or isinstance(features, str) else _json_text(features),
-                        error=as_user_error(exc).as_json())
-            return [tuple(echo.get(name) for name in self.column_order)]
+            return self._error_row(wanted, as_user_error(exc))
+
+    def _error_row(self, wanted: Dict[str, Any], error: PgmlError) -> List[Any]:
+        """One row holding the error, and the conditions unchanged: PostgreSQL's recheck of them
+        keeps it, and the view's check raises the error."""
+        features = wanted.get("features")
+        echo = dict(wanted, features=features if features is None or isinstance(features, str) else _json_text(features),
+                    error=error.as_json())
+        return [tuple(echo.get(name) for name in self.column_order)]
 
     def _predict(self, wanted: Dict[str, Any]) -> List[Any]:
         ref = wanted.get("model")

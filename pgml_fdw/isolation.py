@@ -299,7 +299,7 @@ def _out_of_memory(limit: Optional[int], task: str) -> PgmlError:
         return PgmlError(f"The {task} ran out of memory",
                          hint="Train on fewer rows or a smaller model.", sqlstate=OUT_OF_MEMORY)
     return PgmlError(
-        f"The {task} needed more memory than the {_size(limit)} that pgml.training_memory allows",
+        f"the {task} needed more memory than the {_size(limit)} that pgml.training_memory allows",
         hint=f"Raise it with SET pgml.training_memory = '{_setting(2 * limit)}', "
         "or train on fewer rows or a smaller model.",
         sqlstate=OUT_OF_MEMORY)

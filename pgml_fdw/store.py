@@ -14,7 +14,7 @@ from __future__ import annotations
 import pickle
 import re
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 from .connection import ServerConnection
 from .errors import PgmlError
@@ -33,12 +33,13 @@ class ModelStore:
         self._models: "OrderedDict[str, Model]" = OrderedDict()
         # Made by this backend in a transaction not yet known to have ended: id -> (model, txid),
         # name -> (id, txid).
-        self._trained: Dict[str, Tuple[Model, int]] = {}
+        self._trained: Dict[str, Tuple[Union[bytes, Model], int]] = {}
         self._deployed: Dict[str, Tuple[str, int]] = {}
 
-    def remember_trained(self, model: Model, txid: int) -> None:
-        """A model this backend just trained, in transaction txid."""
-        self._trained[model.model_id] = (model, txid)
+    def remember_trained(self, model_id: str, pickled: bytes, txid: int) -> None:
+        """A model this backend just trained, in transaction txid (pickled: it is loaded only if
+        this transaction scores it before committing)."""
+        self._trained[model_id] = (pickled, txid)
 
     def note_deployment(self, name: str, model_id: str, txid: int) -> None:
         """A deployment this backend just made, in transaction txid: this session's own next
@@ -80,6 +81,9 @@ class ModelStore:
     def _load(self, model_id: str, ref: str) -> Model:
         if model_id in self._trained:
             model, txid = self._trained[model_id]
+            if isinstance(model, bytes):
+                model = pickle.loads(model)
+                self._trained[model_id] = (model, txid)
             state = self._in_progress(txid)
             if state:
                 return model

@@ -1,13 +1,14 @@
 """One training run: options, the held-out split, fitting, evaluation.
 
 :func:`train` is pure (arrays in, a :class:`TrainingResult` out) so it is tested without a server;
-:func:`run` adds reading the relation.
+:func:`run` adds reading the relation, and does both in a worker process the backend supervises.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import pickle
 import resource
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import algorithms, errors, importance, metrics, search
+from . import algorithms, errors, importance, isolation, metrics, search
 from .columns import FeatureColumn
 from .connection import ServerConnection
 from .errors import PgmlError
@@ -326,14 +327,43 @@ def _evaluate(model: Model, X_test: np.ndarray, y_test: np.ndarray, task: str, n
     return json_safe(metrics.evaluate(task, y_test, y_pred, proba, n_classes))
 
 
-def run(options: TrainingOptions, server: ServerConnection, dsn: str, memory_limit: int = 0) -> TrainingResult:
-    """Reads the relation as the training user and trains on it, within ``memory_limit`` bytes
-    (pgml.training_memory; 0 for the default)."""
+@dataclass
+class TrainedRun:
+    """What a run in its worker process hands back to the backend: small, and the model already
+    pickled (it goes into pgml.model_estimators as it is)."""
+
+    task: str
+    model: bytes
+    metrics: Dict[str, Any]
+    train_rows: int
+    test_rows: int
+    seconds: float
+    details: Dict[str, Any]
+
+
+def run(options: TrainingOptions, server: ServerConnection, dsn: str, memory_limit: int = 0) -> TrainedRun:
+    """Reads the relation as the training user and trains on it, in a worker process of its own
+    (:mod:`isolation`) that may use at most ``memory_limit`` bytes (pgml.training_memory; 0 for
+    the default) and that a cancel, a statement timeout or a termination stops at once.
+
+    Raises :class:`isolation.Interrupted` when PostgreSQL asked the backend to stop: the caller
+    returns and lets PostgreSQL raise its own error.
+    """
     budget = training_budget(memory_limit)
+    return isolation.run(_train_in_worker, options, dsn, budget, memory_limit=budget,
+                         on_abandon=server.terminate)
+
+
+def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> TrainedRun:
+    started = time.monotonic()
+    server = ServerConnection(dsn)  # the worker's own: the backend's connections are not to be touched
     y_column, columns = feature_columns(server, options.relation, options.y_column)
     # Checked first: a typo in an option, or a relation far too big, should not cost a full read.
     task, _, _ = prepare(options, y_column, columns)
     check_estimated_size(estimated_rows(server, options.relation), columns, budget)
     data, y_raw = read_training_data(dsn, options.trained_by, options.relation, y_column,
                                      task == "classification", columns)
-    return train(options, y_column, columns, data, y_raw, budget)
+    result = train(options, y_column, columns, data, y_raw, budget)
+    del data, y_raw
+    return TrainedRun(result.model.task, pickle.dumps(result.model, protocol=4), result.metrics,
+                      result.train_rows, result.test_rows, time.monotonic() - started, result.details)
