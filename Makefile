@@ -1,8 +1,9 @@
 # pgml_fdw developer commands. Everything runs against the local server (local/server.sh), as root.
 SERVER := local/server.sh
 PYTEST_ARGS ?=
+FUZZ_CASES ?= 20000
 
-.PHONY: up down psql demo test bench
+.PHONY: up down psql demo test bench fuzz
 
 up:
 	@$(SERVER) up
@@ -21,3 +22,6 @@ test: up
 
 bench: up
 	@$(SERVER) run python3 bench/run.py $(BENCH_ARGS)
+
+fuzz: up
+	@$(SERVER) run python3 tests/fuzz.py --cases $(FUZZ_CASES)

@@ -6,6 +6,8 @@ import os
 from itertools import repeat
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+import psycopg2
+
 from .columns import FeatureColumn
 from .connection import ServerConnection
 from . import errors, isolation
@@ -56,7 +58,12 @@ def score_relation(server: ServerConnection, dsn: str, model: Model, relation: s
     timeout stops a slow view at once, and a relation too big for memory costs the worker, not
     the backend. Raises :class:`isolation.Interrupted` when PostgreSQL asked the backend to stop.
     """
-    rows = server.fetch("SELECT to_regclass(%s)::text", (relation,))
+    try:
+        rows = server.fetch("SELECT to_regclass(%s)::text", (relation,))
+    except psycopg2.Error as exc:  # not even a name: '"unterminated', 'a.b.c.d'
+        raise PgmlError(f"relation {relation!r} is not a valid name: {exc.diag.message_primary}",
+                        sqlstate=errors.INVALID_NAME,
+                        hint="Name a table or view, schema-qualified unless it is in public.") from exc
     if rows[0][0] is None:
         raise PgmlError(f'relation "{relation}" does not exist', sqlstate=errors.UNDEFINED_TABLE,
                         hint="Name a table or view, schema-qualified unless it is in public.")

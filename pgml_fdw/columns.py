@@ -162,11 +162,22 @@ def _epoch(value: str, kind: str) -> float:
 def to_number(value: Any, column: FeatureColumn) -> float:
     """A JSON feature value as the number training saw for this column; NaN for null.
 
-    Raises PgmlError, naming the column and what it expects, for a value of the wrong type.
+    Raises PgmlError, naming the column and what it expects, for a value of the wrong type, or one
+    that is not finite (NaN and infinity are no values to score).
     """
     if value is None:
         return math.nan
-    kind = column.kind
+    number = _number(value, column.kind)
+    if number is not None and math.isfinite(number):
+        return number
+    raise PgmlError(
+        f"feature \"{column.name}\" ({column.sql_type}) cannot take the value {reprlib.repr(value)}",
+        hint=_EXPECTED[column.kind],
+    )
+
+
+def _number(value: Any, kind: str) -> Optional[float]:
+    """The number a JSON value stands for in a column of this kind, or None if it stands for none."""
     try:
         if isinstance(value, bool):
             if kind in ("boolean", "number"):
@@ -184,10 +195,7 @@ def to_number(value: Any, column: FeatureColumn) -> float:
                 return _epoch(value, kind)
     except (ValueError, OverflowError):  # OverflowError: an integer beyond float range
         pass
-    raise PgmlError(
-        f"feature \"{column.name}\" ({column.sql_type}) cannot take the value {reprlib.repr(value)}",
-        hint=_EXPECTED[kind],
-    )
+    return None
 
 
 _EXPECTED = {

@@ -69,7 +69,7 @@ def _json_text(value: Any) -> Optional[str]:
     return None if value is None else json.dumps(value)
 
 
-class PgmlCannotExplainThisQuery(Exception):
+class PgmlCannotPlanThisQuery(Exception):
     """Raised while planning (Multicorn reports it by this class's name, with the message as its
     DETAIL): the one error the wrapper cannot hand back as a row, because no scan runs."""
 
@@ -130,6 +130,7 @@ class TrainingRuns(_Table):
             "train_rows": result.train_rows,
             "test_rows": result.test_rows,
             "duration": f"{result.seconds:.6f} seconds",
+            "peak_memory": result.peak_memory,
         }
 
 
@@ -224,20 +225,26 @@ class Predictions(_Table):
         return list(as_rows(self.column_order, constant, keys, predictions))
 
     def rel_size(self, quals: List[Any]) -> Tuple[int, int]:
-        # One row per scan, however the features are given: a constant, a parameter, or not at
-        # all (then the scan answers with an error). A whole relation's rows are costed at nothing
-        # per row: Multicorn counts a path's cost as rows times width, and the cost of a big batch
-        # must not make PostgreSQL JIT-compile a query that spends its time in Python.
         wanted = _equalities(quals)
+        keys_known = "model" in wanted and ("features" in wanted or "relation" in wanted)
+        nested, explaining = plan_guard.planning_subquery()
+        if nested and (explaining or not keys_known):
+            raise PgmlCannotPlanThisQuery(
+                "pgml.predictions inside a subquery " + ("cannot be explained" if explaining else
+                                                         "needs a constant model and features (or relation)")
+                + ": Multicorn mishandles conditions that refer to an outer query, and can crash the server on "
+                "them. To score rows one by one, use pgml.prediction(model, features) in a LATERAL join or "
+                "pgml.score(model, features) in the select list; else move pgml.predictions to the top level "
+                "of the query.")
         if "relation" in wanted and "features" not in wanted:
+            # A whole relation's rows are costed at nothing per row: Multicorn counts a path's cost
+            # as rows times width, and the cost of a big batch must not make PostgreSQL JIT-compile
+            # a query that spends its time in Python.
             return self._relation_rows(wanted["relation"]), 0
-        if "features" not in wanted and plan_guard.explaining_subquery():
-            raise PgmlCannotExplainThisQuery(
-                "EXPLAIN cannot show pgml.predictions inside a subquery whose features come from the outer "
-                "query: Multicorn would evaluate them unset, which crashes the server. Score rows one by one "
-                "with pgml.prediction(model, features) in a LATERAL join or pgml.score(model, features), "
-                "which EXPLAIN shows.")
-        return 1, 64
+        # One row. Without constant features (a parameter of a generic plan, an expression),
+        # costed a little higher, so that PostgreSQL keeps planning prepared statements with their
+        # parameters' values, which Multicorn handles best.
+        return 1, 64 if "features" in wanted else 128
 
     def _relation_rows(self, relation: Any) -> int:
         try:
@@ -271,7 +278,8 @@ class PgmlWrapper(ForeignDataWrapper):
 
     @property
     def rowid_column(self) -> str:
-        return "id"
+        # Multicorn wants one to plan an UPDATE or DELETE, which the extension's trigger then refuses.
+        return self.handler.column_order[0]
 
     def execute(self, quals: List[Any], columns: Any, sortkeys: Any = None) -> List[Any]:
         # A list, not a generator: the work, and its errors, happen inside this call.

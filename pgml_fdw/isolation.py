@@ -296,7 +296,7 @@ def _rebuild(payload: Tuple[Optional[bytes], Dict[str, Any]]) -> PgmlError:
 
 def _out_of_memory(limit: Optional[int], task: str) -> PgmlError:
     if limit is None:
-        return PgmlError(f"The {task} ran out of memory",
+        return PgmlError(f"the {task} ran out of memory",
                          hint="Train on fewer rows or a smaller model.", sqlstate=OUT_OF_MEMORY)
     return PgmlError(
         f"the {task} needed more memory than the {_size(limit)} that pgml.training_memory allows",

@@ -18,6 +18,7 @@ from psycopg2 import sql
 
 from .columns import FeatureColumn, kind_of, load_expression
 from .connection import ServerConnection, read_as
+from . import errors
 from .errors import PgmlError
 
 _COLUMNS_SQL = """
@@ -71,6 +72,7 @@ def feature_columns(server: ServerConnection, relation: str, y_column: str) -> T
         raise PgmlError(
             f'column "{y_column}" does not exist in {relation}',
             hint=f"y_column names the column to predict; {relation} has: {', '.join(names)}.",
+            sqlstate=errors.UNDEFINED_COLUMN,
         )
     y = None
     features: List[FeatureColumn] = []
@@ -83,7 +85,7 @@ def feature_columns(server: ServerConnection, relation: str, y_column: str) -> T
             raise PgmlError(
                 f'column "{name}" of {relation} has type {declared}, which cannot be a feature',
                 hint="Leave it out of the view, or turn it into a number or text there "
-                "(for instance a cast, or extract(epoch from ...)).",
+                "(for instance a cast, or extract(epoch from ...)).", sqlstate=errors.DATATYPE_MISMATCH,
             )
         features.append(FeatureColumn(name, declared, kind, base))
     assert y is not None
@@ -122,10 +124,12 @@ def read_columns(
             cur.copy_expert(sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query).as_string(cur), sink)
     except psycopg2.errors.InsufficientPrivilege as exc:
         raise PgmlError(f"{role} may not read {relation}: {exc.diag.message_primary}",
-                        hint=f"Its owner can allow it: GRANT SELECT ON {relation} TO {role}.") from exc
+                        hint=f"Its owner can allow it: GRANT SELECT ON {relation} TO {role}.",
+                        sqlstate=errors.INSUFFICIENT_PRIVILEGE) from exc
     except psycopg2.Error as exc:
         raise PgmlError(f"reading {relation} failed: {exc.diag.message_primary or exc}",
-                        hint=exc.diag.message_hint or "Check that the relation can be read with a plain SELECT.") from exc
+                        hint=exc.diag.message_hint or "Check that the relation can be read with a plain SELECT.",
+                        sqlstate=exc.pgcode or errors.DATA_EXCEPTION) from exc
     buffer, sink.buffer = sink.buffer, bytearray()
     return parse_binary_copy(buffer, [wire for _, wire in fields])
 

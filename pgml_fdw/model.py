@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .columns import FeatureColumn, to_number, to_text
+from . import errors
 from .errors import PgmlError
 from .single_row import fast_predictor
 
@@ -76,7 +77,10 @@ class Model:
             try:
                 features = json.loads(features)
             except ValueError as exc:
-                raise PgmlError(f"features is not valid JSON: {exc}", hint=self._shape_hint()) from exc
+                raise PgmlError(f"features is not valid JSON: {exc}", hint=self._shape_hint(),
+                                sqlstate=errors.INVALID_TEXT) from exc
+            except RecursionError as exc:
+                raise PgmlError("features is nested too deeply", hint=self._shape_hint()) from exc
         if self._all_numbers:
             # The common case, kept to a few operations per feature: every feature a number column
             # and every value a JSON number. Anything else takes the checked path below.
@@ -156,7 +160,8 @@ class Model:
         missing = [c.name for c in self.columns if c.name not in data]
         if missing:
             raise PgmlError(f"the relation lacks the features {', '.join(missing)} of model {self.model_id}",
-                            hint="Score a relation with the same columns as the one the model was trained on.")
+                            hint="Score a relation with the same columns as the one the model was trained on.",
+                            sqlstate=errors.UNDEFINED_COLUMN)
         X = self.encoder.transform(data)
         if self.classes is None:
             return [(float(v), None, None) for v in self.estimator.predict(X)]

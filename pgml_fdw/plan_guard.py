@@ -1,20 +1,21 @@
-"""Whether the query being planned is an EXPLAIN of a subquery: the one shape Multicorn crashes on.
+"""Where a scan of pgml.predictions is being planned: inside a subquery, inside an EXPLAIN.
 
-A plain EXPLAIN initializes a foreign scan without running it, and Multicorn then evaluates the
-scan's conditions anyway, with the values that come from an outer query unset: a text, jsonb or
-whole-row value is then a null pointer, and the backend crashes (Multicorn 1.4 and multicorn2
-alike). pgml.predictions offers no parameterized paths, so outer values reach its scan only from a
-correlated subquery (``SELECT (SELECT prediction FROM pgml.predictions WHERE ... features =
-to_jsonb(t)) FROM t``), which PostgreSQL plans as a query of its own inside the outer one. While
-planning, the wrapper cannot see the condition itself, but it can see how it is being called: this
-module reads the backend's own call stack (glibc's ``backtrace`` and ``dladdr1``, read-only) and
-tells whether an EXPLAIN is planning a subquery. The wrapper then refuses that EXPLAIN with an
-error instead of letting Multicorn crash the server.
+Multicorn mishandles conditions whose value comes from an outer query: a plain EXPLAIN initializes
+the scan without running it, and Multicorn evaluates such a condition anyway with the outer values
+unset (a text, jsonb or whole-row value is then a null pointer, and the backend crashes); and for
+a value computed from them (a cast, a function) it reads the value's type from the wrong field.
+Multicorn 1.4 and multicorn2 alike. pgml.predictions offers no parameterized paths, so outer values
+reach its scan only from a subquery (``SELECT (SELECT prediction FROM pgml.predictions WHERE ...
+features = to_jsonb(t)) FROM t``), which PostgreSQL plans as a query of its own inside the outer
+one. While planning, the wrapper sees only the constant conditions, but it can see how it is being
+called: this module reads the backend's own call stack (glibc's ``backtrace`` and ``dladdr1``,
+read-only) and tells whether the planner is nested and whether an EXPLAIN is running, so that the
+wrapper can refuse those plans with an error instead of letting Multicorn crash the server.
 """
 from __future__ import annotations
 
 import ctypes
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 _MAX_FRAMES = 512
 _RTLD_DL_SYMENT = 1
@@ -69,24 +70,25 @@ _stack: Optional[_Stack] = None
 _unavailable = False
 
 
-def explaining_subquery() -> bool:
-    """True while an EXPLAIN plans a subquery of its statement (the planner is nested: two
-    ``subquery_planner`` calls before the innermost ``standard_planner``). False outside a
-    PostgreSQL backend, or where the stack cannot be read."""
+def planning_subquery() -> Tuple[bool, bool]:
+    """(nested, explaining): whether the planner is planning a subquery of its statement (two
+    ``subquery_planner`` calls before the innermost ``standard_planner``), and whether that
+    statement is being explained. (False, False) outside a PostgreSQL backend, or where the stack
+    cannot be read."""
     global _stack, _unavailable
     if _unavailable:
-        return False
+        return False, False
     try:
         if _stack is None:
             _stack = _Stack()
         names = _stack.functions()
     except (OSError, AttributeError):
         _unavailable = True
-        return False
+        return False, False
     depth = 0
     for name in names:
         if name == "standard_planner":
             break
         if name == "subquery_planner":
             depth += 1
-    return depth >= 2 and "ExplainQuery" in names
+    return depth >= 2, "ExplainQuery" in names

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import Dict, Optional, Tuple, Union
 
 from .connection import ServerConnection
+from . import errors
 from .errors import PgmlError
 from .model import Model
 
@@ -113,7 +114,8 @@ def _unknown(ref: str) -> PgmlError:
         return PgmlError(
             f'no model "{ref}": neither a deployed model of that name nor version {versioned.group(2)} '
             f'of a model "{versioned.group(1)}"',
-            hint="List the models: SELECT id, deployed FROM pgml.models.",
+            hint="List the models: SELECT id, deployed FROM pgml.models.", sqlstate=errors.UNDEFINED_OBJECT,
         )
     return PgmlError(f'no model named "{ref}"',
-                     hint="Train one with pgml.train, or list them: SELECT id, deployed FROM pgml.models.")
+                     hint="Train one with pgml.train, or list them: SELECT id, deployed FROM pgml.models.",
+                     sqlstate=errors.UNDEFINED_OBJECT)

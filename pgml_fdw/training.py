@@ -12,8 +12,9 @@ import pickle
 import resource
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -44,7 +45,10 @@ def parse_json(value: Any, what: str, example: str) -> Any:
     try:
         return json.loads(value)
     except ValueError as exc:
-        raise PgmlError(f"{what} is not valid JSON: {exc}", hint=f"For example: {example}") from exc
+        raise PgmlError(f"{what} is not valid JSON: {exc}", hint=f"For example: {example}",
+                        sqlstate=errors.INVALID_TEXT) from exc
+    except RecursionError as exc:
+        raise PgmlError(f"{what} is nested too deeply", hint=f"For example: {example}") from exc
 
 
 @dataclass
@@ -114,7 +118,8 @@ class TrainingOptions:
         """The task: as given, or from y's kind (numbers regress, text and booleans classify)."""
         if y.kind == "unsupported":
             raise PgmlError(f'y_column "{y.name}" has type {y.sql_type}, which cannot be predicted',
-                            hint="Predict a number, a boolean or a text column; cast it in the view.")
+                            hint="Predict a number, a boolean or a text column; cast it in the view.",
+                            sqlstate=errors.DATATYPE_MISMATCH)
         task = self.task or ("regression" if y.kind in REGRESSION_KINDS else "classification")
         if task == "regression" and y.kind not in REGRESSION_KINDS:
             raise PgmlError(f'y_column "{y.name}" is {y.sql_type}, and regression predicts numbers',
@@ -140,7 +145,7 @@ def split(n: int, test_size: float, sampling: str, y: Optional[np.ndarray] = Non
     test_rows = int(math.ceil(n * test_size))
     if n < 2 or test_rows >= n:
         raise PgmlError(f"{n} row(s) are too few to train and evaluate a model",
-                        hint="Train on more rows, or lower test_size.")
+                        hint="Train on more rows, or lower test_size.", sqlstate=errors.DATA_EXCEPTION)
     if sampling == "last":
         return np.arange(n - test_rows), np.arange(n - test_rows, n)
     from sklearn.model_selection import train_test_split
@@ -184,43 +189,61 @@ def prepare(options: TrainingOptions, y_column: FeatureColumn,
 
 
 def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[FeatureColumn],
-          data: Mapping[str, np.ndarray], y_raw: np.ndarray, budget: Optional[float] = None) -> TrainingResult:
+          data: MutableMapping[str, np.ndarray], y_raw: np.ndarray, budget: Optional[float] = None) -> TrainingResult:
     """Fits and evaluates the model a run asks for, on the rows given, refusing a feature matrix
-    that would not fit in ``budget`` bytes (default: :func:`training_budget`'s)."""
+    that would not fit in ``budget`` bytes (default: :func:`training_budget`'s).
+
+    ``data`` is consumed: its columns are dropped once the feature matrix is made, so that the
+    raw columns and the matrix are never both held while the estimator fits."""
     started = time.monotonic()
     task, algorithm, plan = prepare(options, y_column, columns)
 
     n = len(y_raw)
     if n == 0:
         raise PgmlError(f'{options.relation} has no rows where "{y_column.name}" is not NULL',
-                        hint="Training needs rows with a known value of y_column.")
+                        hint="Training needs rows with a known value of y_column.", sqlstate=errors.DATA_EXCEPTION)
     classes = None
     if task == "classification":
         y, classes = encode_labels(y_raw, y_column)
         if len(classes) < 2:
             raise PgmlError(f'"{y_column.name}" has only one class ({classes[0]!r}) in {options.relation}',
-                            hint="Classification needs at least two classes to tell apart.")
+                            hint="Classification needs at least two classes to tell apart.",
+                            sqlstate=errors.DATA_EXCEPTION)
     else:
-        y = np.asarray(y_raw, dtype=np.float64)
+        y = np.array(y_raw, dtype=np.float64)
+        bad = int(np.count_nonzero(~np.isfinite(y)))
+        if bad:
+            raise PgmlError(f'"{y_column.name}" is NaN or infinite in {bad:,} row(s) of {options.relation}',
+                            sqlstate=errors.DATA_EXCEPTION,
+                            hint=f"Leave those rows out in the view: WHERE {y_column.name} NOT IN "
+                            "('NaN', 'Infinity', '-Infinity').")
+    del y_raw
+    check_finite_features(columns, data, options.relation)
     train_idx, test_idx = split(n, options.test_size, options.test_sampling, y if classes else None)
 
     encoder = FeatureEncoder(_encoder_columns(columns), plan)
     encoder.fit({name: values[train_idx] for name, values in data.items()})
     check_matrix_size(encoder, n, training_budget(0) if budget is None else budget)
-    X_train = encoder.transform({name: values[train_idx] for name, values in data.items()})
-    X_test = encoder.transform({name: values[test_idx] for name, values in data.items()})
+    # Every row at once (the encoder was fitted on the training rows only), then the raw columns
+    # go: the peak is the columns and one matrix, not the columns and two copies of each split.
+    X = encoder.transform(data)
+    data.clear()
+    X_train, X_test = X[train_idx], X[test_idx]
+    del X
     y_train, y_test = y[train_idx], y[test_idx]
     if classes is not None and len(np.unique(y_train)) < 2:
-        raise PgmlError("the training split holds a single class", hint="Train on more rows, or lower test_size.")
+        raise PgmlError("the training split holds a single class", hint="Train on more rows, or lower test_size.",
+                        sqlstate=errors.DATA_EXCEPTION)
 
     params = dict(options.hyperparams)
     found = None
-    if options.search:
-        found = search.search(algorithm, params, X_train, y_train, task, options.search,
-                              options.search_params or {}, options.search_folds)
-        params.update(found.best_params)
-    estimator = algorithms.make_estimator(algorithm, params)
-    estimator.fit(X_train, y_train)
+    with _fit_errors(algorithm):
+        if options.search:
+            found = search.search(algorithm, params, X_train, y_train, task, options.search,
+                                  options.search_params or {}, options.search_folds)
+            params.update(found.best_params)
+        estimator = algorithms.make_estimator(algorithm, params)
+        estimator.fit(X_train, y_train)
 
     model = Model(options.model_id, task, columns, encoder, estimator, classes)
     measured = _evaluate(model, X_test, y_test, task, len(classes) if classes else None)
@@ -238,6 +261,41 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
         "importance": {"method": method, "columns": importance.by_column(values, encoder.output_sources)},
     }
     return TrainingResult(model, measured, len(train_idx), len(test_idx), time.monotonic() - started, details)
+
+
+def check_finite_features(columns: Sequence[FeatureColumn], data: Mapping[str, np.ndarray], relation: str) -> None:
+    """Refuses infinite values in numeric features (NULL and NaN are imputed; infinity cannot be)."""
+    for column in columns:
+        values = data[column.name]
+        if values.dtype == np.float64:
+            bad = int(np.count_nonzero(np.isinf(values)))
+            if bad:
+                raise PgmlError(f'feature "{column.name}" is infinite in {bad:,} row(s) of {relation}',
+                                sqlstate=errors.DATA_EXCEPTION,
+                                hint=f"Leave those rows out in the view, or turn them into NULL: "
+                                f"nullif(nullif({column.name}, 'Infinity'), '-Infinity').")
+
+
+@contextmanager
+def _fit_errors(algorithm: algorithms.Algorithm) -> Iterator[None]:
+    """scikit-learn's own refusals while fitting (a hyperparameter it only checks then, a value
+    too large for its C code) as errors that say which algorithm refused and why."""
+    try:
+        yield
+    except PgmlError:
+        raise
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError) as exc:
+        # Raised by scikit-learn on hyperparameters it accepted when the estimator was made
+        # (hidden_layer_sizes [0], monotonic_cst given as an object...): the user's to change.
+        too_large = isinstance(exc, OverflowError)
+        reason = str(exc).strip() if isinstance(exc, (ValueError, TypeError)) else f"{type(exc).__name__}: {exc}"
+        raise PgmlError(
+            f"algorithm '{algorithm.name}' ({algorithm.task}) cannot train with these hyperparameters: "
+            + ("a value is too large" if too_large else reason),
+            hint=("Use integers below 2147483647." if too_large else
+                  f"Change the hyperparameter it names; SELECT hyperparams FROM pgml.algorithms WHERE name = "
+                  f"'{algorithm.name}' lists the defaults."),
+        ) from exc
 
 
 def training_budget(requested: int) -> int:
@@ -288,7 +346,9 @@ def check_estimated_size(rows: float, columns: Sequence[FeatureColumn], budget: 
 
 
 def _size(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.1f} GB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MB"
+    if nbytes >= 2**30:
+        return f"{nbytes / 2**30:.1f} GB"
+    return f"{nbytes / 2**20:.0f} MB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} kB"
 
 
 def memory_limit() -> float:
@@ -339,6 +399,7 @@ class TrainedRun:
     test_rows: int
     seconds: float
     details: Dict[str, Any]
+    peak_memory: int  # bytes the worker used at most, beyond what it shared with the backend
 
 
 def run(options: TrainingOptions, server: ServerConnection, dsn: str, memory_limit: int = 0) -> TrainedRun:
@@ -356,6 +417,7 @@ def run(options: TrainingOptions, server: ServerConnection, dsn: str, memory_lim
 
 def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> TrainedRun:
     started = time.monotonic()
+    resident = _resident_bytes()  # the backend's pages, which the worker starts out sharing
     server = ServerConnection(dsn)  # the worker's own: the backend's connections are not to be touched
     y_column, columns = feature_columns(server, options.relation, options.y_column)
     # Checked first: a typo in an option, or a relation far too big, should not cost a full read.
@@ -363,7 +425,15 @@ def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> Trained
     check_estimated_size(estimated_rows(server, options.relation), columns, budget)
     data, y_raw = read_training_data(dsn, options.trained_by, options.relation, y_column,
                                      task == "classification", columns)
+    # A copy: the columns are views of one buffer, which train() frees by dropping them.
+    y_raw = np.array(y_raw)
     result = train(options, y_column, columns, data, y_raw, budget)
-    del data, y_raw
-    return TrainedRun(result.model.task, pickle.dumps(result.model, protocol=4), result.metrics,
-                      result.train_rows, result.test_rows, time.monotonic() - started, result.details)
+    model = pickle.dumps(result.model, protocol=4)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - resident  # ru_maxrss: KiB on Linux
+    return TrainedRun(result.model.task, model, result.metrics, result.train_rows, result.test_rows,
+                      time.monotonic() - started, result.details, max(peak, 0))
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -49,6 +49,7 @@ CREATE TABLE pgml.model_versions (
     train_rows   integer NOT NULL,
     test_rows    integer NOT NULL,
     duration     interval NOT NULL,
+    peak_memory  bigint,                        -- bytes the training used at most (see pgml.training_memory)
     trained_by   name NOT NULL,
     trained_at   timestamptz NOT NULL DEFAULT now(),
     UNIQUE (name, version)
@@ -84,8 +85,10 @@ SELECT pg_catalog.pg_extension_config_dump('pgml.deployments_id_seq', '');
 -- row ({"sqlstate", "message", "hint", "detail"}) and the SQL below raises it.
 -------------------------------------------------------------------------------------------------------
 -- STABLE, so that the views that call it stay simple views PostgreSQL can merge into a query.
+-- COST 1: it runs at most once per statement, and its default cost, counted for every row a view
+-- could return, would make PostgreSQL JIT-compile queries over whole relations.
 CREATE FUNCTION pgml._raise(error jsonb, result_type anyelement) RETURNS anyelement
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE COST 1 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     state text := coalesce(error ->> 'sqlstate', 'XX000');
     message text := coalesce(error ->> 'message', 'pgml_fdw failed');
@@ -154,6 +157,7 @@ CREATE FOREIGN TABLE pgml._training_runs (
     train_rows    integer,
     test_rows     integer,
     duration      interval,
+    peak_memory   bigint,
     trained_by    name,
     trained_at    timestamptz,
     token         text,             -- hands the trained estimator to pgml._trained_estimators
@@ -246,7 +250,7 @@ SELECT m.id, m.name, m.version, m.relation, m.y_column, m.algorithm, m.task, m.h
        NULL::double precision AS test_size,   -- held-out fraction (default 0.25)
        NULL::text AS test_sampling,     -- random (default) or last: the last rows, for time-ordered data
        NULL::boolean AS deploy,         -- deploy when it beats the deployed version (default true)
-       m.metrics, m.train_rows, m.test_rows, m.duration, m.trained_by, m.trained_at
+       m.metrics, m.train_rows, m.test_rows, m.duration, m.peak_memory, m.trained_by, m.trained_at
 FROM pgml.model_versions m;
 ALTER VIEW pgml.training_runs ALTER COLUMN algorithm SET DEFAULT 'linear';
 ALTER VIEW pgml.training_runs ALTER COLUMN deploy SET DEFAULT true;
@@ -264,17 +268,22 @@ CREATE FUNCTION pgml._training_memory() RETURNS bigint
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     setting text := nullif(current_setting('pgml.training_memory', true), '');
+    bytes bigint;
 BEGIN
     IF setting IS NULL THEN
         RETURN 0;
-    ELSIF pg_size_bytes(setting) <= 0 THEN
+    END IF;
+    BEGIN
+        bytes := pg_size_bytes(setting);
+    EXCEPTION WHEN invalid_parameter_value OR numeric_value_out_of_range THEN
+        RAISE EXCEPTION 'pgml.training_memory is not a size: %', setting
+            USING ERRCODE = '22023', HINT = 'For example: SET pgml.training_memory = ''2GB''.';
+    END;
+    IF bytes <= 0 THEN
         RAISE EXCEPTION 'pgml.training_memory must be positive, not %', setting
             USING ERRCODE = '22023', HINT = 'For example: SET pgml.training_memory = ''2GB''.';
     END IF;
-    RETURN pg_size_bytes(setting);
-EXCEPTION WHEN invalid_parameter_value THEN
-    RAISE EXCEPTION 'pgml.training_memory is not a size: %', setting
-        USING ERRCODE = '22023', HINT = 'For example: SET pgml.training_memory = ''2GB''.';
+    RETURN bytes;
 END
 $$;
 
@@ -358,10 +367,11 @@ BEGIN
     SELECT * INTO estimator FROM pgml._trained_estimators e WHERE e.token = trained.token;
     INSERT INTO pgml.model_versions (id, name, version, task, algorithm, relation, y_column, features,
                                      classes, hyperparams, search, metrics, importance, train_rows,
-                                     test_rows, duration, trained_by, trained_at)
+                                     test_rows, duration, peak_memory, trained_by, trained_at)
     SELECT run.id, run.name, run.version, trained.task, trained.algorithm, run.relation, run.y_column,
            d.features, d.classes, d.hyperparams, d.search, trained.metrics, d.importance,
-           trained.train_rows, trained.test_rows, trained.duration, run.trained_by, run.trained_at
+           trained.train_rows, trained.test_rows, trained.duration, trained.peak_memory, run.trained_by,
+           run.trained_at
     FROM jsonb_to_record(estimator.details)
          AS d(features jsonb, classes jsonb, hyperparams jsonb, search jsonb, importance jsonb);
     INSERT INTO pgml.model_estimators (model_id, estimator) VALUES (run.id, estimator.estimator);
@@ -372,6 +382,7 @@ BEGIN
     run.train_rows := trained.train_rows;
     run.test_rows := trained.test_rows;
     run.duration := trained.duration;
+    run.peak_memory := trained.peak_memory;
     IF NOT coalesce(run.deploy, true) THEN
         RETURN run;
     END IF;

@@ -59,6 +59,27 @@ class Session:
         self.conn.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_backend_crashed() -> Iterator[None]:
+    """Fails the run if any backend crashed during it, even one whose own test passed.
+
+    A backend that crashes (a segfault in Multicorn, say) makes the postmaster end every session
+    and restart, so an idle connection opened before the first test is gone after the last. It
+    is opened on the maintenance database ``postgres``, which the ``database`` fixture does not
+    drop."""
+    sentinel = psycopg2.connect(dsn("postgres"))
+    sentinel.autocommit = True
+    yield
+    try:
+        with sentinel.cursor() as cur:
+            cur.execute("SELECT 1")
+    except psycopg2.Error as exc:
+        raise AssertionError("the server restarted during the test suite: a backend crashed "
+                             f"(see the server log): {exc}") from exc
+    finally:
+        sentinel.close()
+
+
 @pytest.fixture(scope="session")
 def database() -> Iterator[None]:
     admin = psycopg2.connect(dsn("postgres"))
@@ -110,7 +131,9 @@ def linear_rows(n: int = 200, noise: float = 0.01, seed: int = 0) -> List[Tuple[
 
 
 def role(db: Session, role_name: str, grants: Optional[Sequence[str]] = ()) -> str:
-    """A login role made afresh, with the given GRANT statements run for it."""
+    """A login role made afresh, with the given GRANT statements run for it. Roles are the whole
+    cluster's, so the name carries this run's database: runs in other databases keep their own."""
+    role_name = f"{role_name}_{DATABASE}"
     if db.one("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role_name,)):
         db.run(f"DROP OWNED BY {role_name}")
         db.run(f"DROP ROLE {role_name}")
