@@ -20,9 +20,9 @@ class ConstantPrediction(ForeignDataWrapper):
         return [row]
 
     def get_rel_size(self, quals: List[Any], columns: Any) -> Tuple[int, int]:
-        """The estimate pgml.predictions gives: one row when features are known."""
-        return (1 if any(q.field_name == "features" for q in quals) else 1_000_000), 64
+        """The estimate pgml.predictions gives a single row (pgml_fdw.fdw.Predictions.rel_size)."""
+        return 1, 64 if any(q.field_name == "features" for q in quals) else 128
 
     def get_path_keys(self) -> List[Tuple[Tuple[str, ...], int]]:
-        """The parameterized path pgml.predictions offers."""
-        return [(("model", "features"), 1)]
+        """None, like pgml.predictions."""
+        return []

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 # SQLSTATEs the wrapper uses, by what went wrong.
 INVALID_PARAMETER = "22023"    # a bad option or feature value
 INVALID_TEXT = "22P02"         # text that does not parse (JSON)
+NUMERIC_OUT_OF_RANGE = "22003"  # a value a model cannot take
 DATA_EXCEPTION = "22000"       # the data cannot train a model (NaN in y, one class...)
 UNDEFINED_TABLE = "42P01"
 INVALID_NAME = "42602"

@@ -132,6 +132,12 @@ class Model:
     def predict_row(self, features: Any) -> Prediction:
         """(prediction, label, probabilities) for one row of JSON features."""
         x = self.encoder.transform_row(self.row_values(features))
+        try:
+            return self._predict_encoded(x)
+        except ValueError as exc:  # scikit-learn's refusal of a value, e.g. beyond float32 for trees
+            raise self._unscorable(exc) from exc
+
+    def _predict_encoded(self, x: np.ndarray) -> Prediction:
         if self.classes is None:
             value = self._fast.predict(x) if self._fast else self.estimator.predict(x.reshape(1, -1))[0]
             return float(value), None, None
@@ -142,6 +148,12 @@ class Model:
             index = int(self.estimator.predict(x.reshape(1, -1))[0])
             proba = self.estimator.predict_proba(x.reshape(1, -1))[0] if self._has_proba else None
         return self._answer(int(index), proba)
+
+    def _unscorable(self, exc: ValueError) -> PgmlError:
+        return PgmlError(f"model {self.model_id} cannot score these features: {exc}",
+                         sqlstate=errors.NUMERIC_OUT_OF_RANGE,
+                         hint="Give values in the range of the ones it was trained on (a tree model "
+                         "takes numbers up to about 3.4e38).")
 
     def _answer(self, index: int, known_proba: Optional[np.ndarray]) -> Prediction:
         label = self.classes[index]  # type: ignore[index]
@@ -163,10 +175,13 @@ class Model:
                             hint="Score a relation with the same columns as the one the model was trained on.",
                             sqlstate=errors.UNDEFINED_COLUMN)
         X = self.encoder.transform(data)
-        if self.classes is None:
-            return [(float(v), None, None) for v in self.estimator.predict(X)]
-        indices = np.asarray(self.estimator.predict(X), dtype=np.int64)  # trained on class indices
-        proba = self.estimator.predict_proba(X) if self._has_proba else None
+        try:
+            if self.classes is None:
+                return [(float(v), None, None) for v in self.estimator.predict(X)]
+            indices = np.asarray(self.estimator.predict(X), dtype=np.int64)  # trained on class indices
+            proba = self.estimator.predict_proba(X) if self._has_proba else None
+        except ValueError as exc:  # infinity in the relation, or a value beyond float32 for trees
+            raise self._unscorable(exc) from exc
         return [self._answer(int(i), None if proba is None else proba[r]) for r, i in enumerate(indices)]
 
 
