@@ -24,6 +24,10 @@ from . import errors, isolation
 from .errors import PgmlError
 
 CHANNEL = "pgml_models"
+WORKER_APPLICATION = "pgml_fdw worker"
+# A read waits this long at most for a lock: the caller's own transaction may hold it (LOCK, or
+# uncommitted DDL), and it waits for this read.
+READ_LOCK_TIMEOUT = "5s"
 
 
 def connect(dsn: str) -> "psycopg2.extensions.connection":
@@ -31,8 +35,12 @@ def connect(dsn: str) -> "psycopg2.extensions.connection":
     worker process, its backend is reported to the supervising backend, which stops it if the work
     is abandoned."""
     try:
-        conn = psycopg2.connect(dsn)
-        isolation.report_backend_pid(conn.get_backend_pid())
+        if isolation.in_worker():
+            # Named apart: the backend terminates a worker's loopback backends by pid and by this name.
+            conn = psycopg2.connect(dsn, application_name=WORKER_APPLICATION)
+            isolation.report_backend_pid(conn.get_backend_pid())
+        else:
+            conn = psycopg2.connect(dsn)
         return conn
     except psycopg2.OperationalError as exc:
         raise PgmlError(
@@ -85,8 +93,9 @@ class ServerConnection:
     def terminate(self, pids: List[int]) -> None:
         """Ends the given backends of this database's loopback connections (a worker process's,
         abandoned: killing the worker does not stop a query its backend is running)."""
-        if pids:
-            self.fetch("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (list(pids),))
+        if pids:  # by name too: a pid that ended may have been reused by someone else's session
+            self.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s) "
+                       "AND application_name = %s", (list(pids), WORKER_APPLICATION))
 
     def changed(self) -> bool:
         """Whether a deployment changed since the last call: one non-blocking look at the socket."""
@@ -120,7 +129,7 @@ def read_as(dsn: str, role: str, select_sql: sql.Composable, result_columns: sql
     conn = connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SET statement_timeout = 0; SET jit = off")
+            cur.execute("SET statement_timeout = 0; SET jit = off; SET lock_timeout = %s", (READ_LOCK_TIMEOUT,))
             cur.execute("SELECT current_user = %s AND session_user = %s", (role, role))
             if cur.fetchone()[0]:
                 yield cur, select_sql

@@ -28,6 +28,8 @@ from .isolation import ChildFailed
 _SERVICES: Dict[str, Tuple[ServerConnection, Any]] = {}
 # Trained estimators waiting for pgml._run_training to store them: token -> (pickle, details).
 _PENDING: Dict[str, Tuple[bytes, Dict[str, Any]]] = {}
+# The conditions that choose what pgml.predictions computes.
+_KEYS = ("model", "features", "relation", "key_column")
 # Estimated rows of a relation scored whole, when the catalog does not say (a view).
 _DEFAULT_BATCH_ROWS = 100_000
 
@@ -86,8 +88,12 @@ class _Table:
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Any]:
         return []
 
-    def rel_size(self, quals: List[Any]) -> Tuple[int, int]:
-        return 1000, 100
+    def rel_size(self, quals: List[Any]) -> Tuple[int, int, int]:
+        """(rows, width, startup cost) of a scan; Multicorn costs it startup + rows x width."""
+        return 1000, 100, 1
+
+    def end_scan(self) -> None:
+        """The scan ended, or its transaction: forget what was kept for it."""
 
 
 class TrainingRuns(_Table):
@@ -174,6 +180,15 @@ class Algorithms(_Table):
 class Predictions(_Table):
     """pgml._predictions: one row for WHERE model AND features, or a whole relation's rows."""
 
+    def __init__(self, dsn: str, column_order: List[str]) -> None:
+        super().__init__(dsn, column_order)
+        # A whole relation's rows, kept while its scan lasts: a rescan (the inner side of a join)
+        # returns them again instead of reading and scoring the relation anew.
+        self._batches: Dict[Tuple[Any, ...], List[Any]] = {}
+
+    def end_scan(self) -> None:
+        self._batches.clear()
+
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Any]:
         from .isolation import Interrupted
 
@@ -220,11 +235,22 @@ class Predictions(_Table):
         from .batch import as_rows, score_relation
 
         relation, key_column = wanted["relation"], wanted.get("key_column")
-        keys, predictions = score_relation(self.server, self.dsn, model, relation, key_column)
-        constant = {"model": ref, "relation": relation, "key_column": key_column, "version": model.version}
-        return list(as_rows(self.column_order, constant, keys, predictions))
+        batch = (model.model_id, relation, key_column)
+        if batch not in self._batches:
+            keys, predictions = score_relation(self.server, self.dsn, model, relation, key_column)
+            constant = {"model": ref, "relation": relation, "key_column": key_column, "version": model.version}
+            self._batches[batch] = list(as_rows(self.column_order, constant, keys, predictions))
+        return self._batches[batch]
 
-    def rel_size(self, quals: List[Any]) -> Tuple[int, int]:
+    def rel_size(self, quals: List[Any]) -> Tuple[int, int, int]:
+        other = sorted({q.field_name for q in quals if q.field_name in _KEYS and q.operator != "="})
+        if other:
+            # Only "=" picks rows to compute; PostgreSQL's recheck of any other condition could
+            # drop the row that carries an error, and the query would answer nothing instead.
+            raise PgmlCannotPlanThisQuery(
+                f"pgml.predictions takes {', '.join(other)} with = only (one value, not IN, LIKE or a "
+                "range): it computes the rows it returns, it cannot search them. Run one query per value, "
+                "or score rows one by one with pgml.prediction(model, features).")
         wanted = _equalities(quals)
         keys_known = "model" in wanted and ("features" in wanted or "relation" in wanted)
         nested, explaining = plan_guard.planning_subquery()
@@ -237,14 +263,14 @@ class Predictions(_Table):
                 "pgml.score(model, features) in the select list; else move pgml.predictions to the top level "
                 "of the query.")
         if "relation" in wanted and "features" not in wanted:
-            # A whole relation's rows are costed at nothing per row: Multicorn counts a path's cost
-            # as rows times width, and the cost of a big batch must not make PostgreSQL JIT-compile
-            # a query that spends its time in Python.
-            return self._relation_rows(wanted["relation"]), 0
+            # Multicorn costs a scan rows x width: a whole relation's rows are costed at nothing
+            # each, or PostgreSQL would JIT-compile a query that spends its time in Python. A join
+            # may then rescan it for every outer row: the rows are kept for the scan (_batches).
+            return self._relation_rows(wanted["relation"]), 0, 1
         # One row. Without constant features (a parameter of a generic plan, an expression),
         # costed a little higher, so that PostgreSQL keeps planning prepared statements with their
         # parameters' values, which Multicorn handles best.
-        return 1, 64 if "features" in wanted else 128
+        return 1, 64 if "features" in wanted else 128, 1
 
     def _relation_rows(self, relation: Any) -> int:
         try:
@@ -266,7 +292,7 @@ _HANDLERS: Dict[str, Callable[[str, List[str]], _Table]] = {
 class PgmlWrapper(ForeignDataWrapper):
     """The Multicorn entry point for every pgml foreign table (its ``table`` option says which)."""
 
-    # Multicorn adds this to every path's cost; a scan costs what rel_size says.
+    # Multicorn adds this to every path's cost; get_rel_size sets it per scan (rel_size).
     _startup_cost = 1
 
     def __init__(self, options: Dict[str, str], columns: Dict[str, Any]) -> None:
@@ -286,11 +312,24 @@ class PgmlWrapper(ForeignDataWrapper):
         return list(self.handler.execute(quals, columns))
 
     def insert(self, values: Dict[str, Any]) -> Dict[str, Any]:
-        # Only pgml._training_runs is ever written to: the extension's triggers refuse the rest.
-        return self.handler.insert(values)  # type: ignore[attr-defined]
+        # Only pgml._training_runs is written to: the extension's triggers refuse the rest, and a
+        # row that still gets here is dropped rather than raised about.
+        insert = getattr(self.handler, "insert", None)
+        return insert(values) if insert is not None else values
+
+    def end_scan(self) -> None:
+        self.handler.end_scan()
+
+    def rollback(self) -> None:
+        # A scan an error interrupted never reaches end_scan.
+        self.handler.end_scan()
+
+    def sub_rollback(self, level: int) -> None:
+        self.handler.end_scan()
 
     def get_rel_size(self, quals: List[Any], columns: Any) -> Tuple[int, int]:
-        return self.handler.rel_size(quals)
+        rows, width, self._startup_cost = self.handler.rel_size(quals)
+        return rows, width
 
     def get_path_keys(self) -> List[Tuple[Tuple[str, ...], int]]:
         # No parameterized paths: features computed per row of another table would reach the scan

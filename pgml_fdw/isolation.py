@@ -46,8 +46,11 @@ OUT_OF_MEMORY = "53200"
 INTERNAL_ERROR = "XX000"
 
 # PostgreSQL's handlers for these are inherited by the child; they would act on the backend's state.
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-            signal.SIGALRM, signal.SIGHUP)
+_SIGNALS = tuple(getattr(signal, name) for name in (
+    "SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGHUP",
+    "SIGFPE",  # FloatExceptionHandler raises an ERROR: a longjmp into the backend's error recovery
+    "SIGURG",  # the latch's wake-up signal from PostgreSQL 14
+) if hasattr(signal, name))
 _HEADER = struct.Struct(">Q")
 _READ_BUDGET = 64 << 20  # bytes read between two looks at the interrupt flags
 _PIPE_SIZE = 1 << 20     # a larger pipe: fewer wake-ups for a large result
@@ -92,6 +95,11 @@ class ChildFailed(Exception):
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+def in_worker() -> bool:
+    """Whether this process is a child started by :func:`run` (and not a child of its own)."""
+    return _report_fd is not None and os.getpid() == _report_owner
 
 
 def report_backend_pid(pid: int) -> None:

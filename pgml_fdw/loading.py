@@ -52,12 +52,12 @@ def relation_columns(server: ServerConnection, relation: str) -> List[Tuple[str,
 
 
 def estimated_rows(server: ServerConnection, relation: str) -> float:
-    """The planner's estimate of a relation's rows (0 when it cannot tell)."""
-    try:
-        plan = server.fetch(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(sql.SQL(relation)).as_string(server.conn))
-        return float(plan[0][0][0]["Plan"]["Plan Rows"])
-    except (psycopg2.Error, LookupError, TypeError, ValueError):
-        return 0.0
+    """The catalog's estimate of a table's rows (pg_class.reltuples); 0 for a view or when it
+    cannot tell. Never the planner's: planning a view runs code its owner wrote (constant-folded
+    functions), and this connection is privileged."""
+    rows = server.fetch("SELECT c.reltuples FROM pg_class c WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'm', 'p')",
+                        (relation,))
+    return float(rows[0][0]) if rows and rows[0][0] is not None and rows[0][0] > 0 else 0.0
 
 
 def feature_columns(server: ServerConnection, relation: str, y_column: str) -> Tuple[FeatureColumn, List[FeatureColumn]]:
@@ -122,6 +122,11 @@ def read_columns(
     try:
         with read_as(dsn, role, select_sql, result_columns) as (cur, query):
             cur.copy_expert(sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query).as_string(cur), sink)
+    except psycopg2.errors.LockNotAvailable as exc:
+        raise PgmlError(f"reading {relation} waited too long for a lock: {exc.diag.message_primary}",
+                        sqlstate=errors.LOCK_NOT_AVAILABLE,
+                        hint="A transaction that has not committed holds it: yours, if it locked or altered "
+                        f"{relation}. Commit it first, or train and score outside it.") from exc
     except psycopg2.errors.InsufficientPrivilege as exc:
         raise PgmlError(f"{role} may not read {relation}: {exc.diag.message_primary}",
                         hint=f"Its owner can allow it: GRANT SELECT ON {relation} TO {role}.",

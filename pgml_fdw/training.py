@@ -33,6 +33,8 @@ SAMPLINGS = ("random", "last")
 # otherwise, and never more than the ceiling: the server's other sessions need the rest.
 DEFAULT_MEMORY_SHARE = 0.25
 MAX_MEMORY_SHARE = 0.5
+# Below this, a worker cannot even read and parse a relation's first rows.
+MIN_MEMORY = 64 * 2**20
 # Peak memory of a run, as a multiple of its float64 feature matrix: the matrix, its train and
 # test copies and the estimator's own working copy.
 PEAK_FACTOR = 2.5
@@ -305,6 +307,10 @@ def training_budget(requested: int) -> int:
     ceiling = available * MAX_MEMORY_SHARE
     if requested <= 0:
         return int(available * DEFAULT_MEMORY_SHARE)
+    if requested < MIN_MEMORY:
+        raise PgmlError(f"pgml.training_memory is {_size(requested)}, less than the {_size(MIN_MEMORY)} a training "
+                        "run needs at least", sqlstate=errors.INVALID_PARAMETER,
+                        hint=f"Set it to {_size(MIN_MEMORY)} or more.")
     if requested > ceiling:
         raise PgmlError(f"pgml.training_memory is {_size(requested)}, more than half of the {_size(available)} "
                         "this server may use", sqlstate=errors.INVALID_PARAMETER,

@@ -121,7 +121,7 @@ $$;
 CREATE FUNCTION pgml._refuse_writes() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- pgml._run_training inserts into pgml._training_runs from inside a trigger; nothing else may.
+    -- pgml._train inserts into pgml._training_runs from inside a trigger; nothing else may.
     IF TG_TABLE_NAME = '_training_runs' AND TG_OP = 'INSERT' AND pg_trigger_depth() > 1 THEN
         RETURN NULL;
     END IF;
@@ -189,7 +189,7 @@ CREATE FOREIGN TABLE pgml.algorithms (
     hyperparams   jsonb
 ) SERVER pgml OPTIONS (table 'algorithms');
 
--- Internal: a training run hands its estimator to pgml._run_training through this table.
+-- Internal: a training run hands its estimator to pgml._train through this table.
 CREATE FOREIGN TABLE pgml._trained_estimators (
     token         text,
     estimator     bytea,
@@ -213,6 +213,12 @@ CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE OR DELETE ON pgml._trained_
     FOR EACH STATEMENT EXECUTE FUNCTION pgml._refuse_writes();
 CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE OR DELETE ON pgml._model_cache
     FOR EACH STATEMENT EXECUTE FUNCTION pgml._refuse_writes();
+-- Also under session_replication_role = replica: Multicorn would crash on a COPY all the same.
+ALTER FOREIGN TABLE pgml._training_runs ENABLE ALWAYS TRIGGER refuse_writes;
+ALTER FOREIGN TABLE pgml._predictions ENABLE ALWAYS TRIGGER refuse_writes;
+ALTER FOREIGN TABLE pgml.algorithms ENABLE ALWAYS TRIGGER refuse_writes;
+ALTER FOREIGN TABLE pgml._trained_estimators ENABLE ALWAYS TRIGGER refuse_writes;
+ALTER FOREIGN TABLE pgml._model_cache ENABLE ALWAYS TRIGGER refuse_writes;
 
 -- Predict by SELECT: WHERE model = ... AND features = ... gives one row. model is a name (its deployed
 -- version) or a version's id (name_version). features is a jsonb object keyed by column name or an
@@ -234,8 +240,8 @@ WHERE pgml._check(p.error) = 0;
 COMMENT ON VIEW pgml.predictions IS 'Predictions: WHERE model = ... AND features = ... (one row), or AND relation = ... (a whole table).';
 
 -------------------------------------------------------------------------------------------------------
--- Training runs belong to the caller's transaction: pgml._train checks the request as the caller,
--- pgml._run_training has the wrapper train and stores the version, all in one transaction.
+-- Training runs belong to the caller's transaction: pgml._identify_trainer checks the request as
+-- the caller, pgml._train has the wrapper train and stores the version, all in one transaction.
 -------------------------------------------------------------------------------------------------------
 
 -- Train by INSERT: one row, one run. Give relation and y_column; everything else has a default.
@@ -287,13 +293,17 @@ BEGIN
 END
 $$;
 
--- The INSTEAD OF trigger of pgml.training_runs. Runs as the caller and with the caller's
--- search_path, which names the relation; pgml._run_training does the rest as the extension owner.
-CREATE FUNCTION pgml._train() RETURNS trigger
+-- Two INSTEAD OF triggers of pgml.training_runs, fired in name order; each hands NEW to the next.
+-- The first runs as the caller and with the caller's search_path, which names the relation: it
+-- records who trains and checks that they may read it. The second runs as the extension owner,
+-- trusting only trained_by (which the first always sets, and which nothing else can reach: nobody
+-- may attach these functions to a table of their own).
+CREATE FUNCTION pgml._identify_trainer() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     rel regclass;
 BEGIN
+    NEW.trained_by := current_user;
     IF NEW.relation IS NULL OR NEW.y_column IS NULL THEN
         RAISE EXCEPTION 'a training run needs relation and y_column'
             USING ERRCODE = '22023',
@@ -309,57 +319,55 @@ BEGIN
             USING ERRCODE = '42P01',
                   HINT = 'Name a table or view you can SELECT from, schema-qualified if it is not on your search_path.';
     END IF;
-    NEW.trained_by := current_user;
-    RETURN pgml._run_training(NEW, rel);
+    -- Schema-qualified: the wrapper's connection, and the next trigger, have their own search_path.
+    SELECT format('%I.%I', n.nspname, c.relname) INTO NEW.relation
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
+    RETURN NEW;
 END
 $$;
 
--- Trains and stores one run: called by pgml._train with the caller's request, the relation it
--- resolved and the caller as trained_by. Checks again what it must not take on trust.
-CREATE FUNCTION pgml._run_training(run pgml.training_runs, rel regclass) RETURNS pgml.training_runs
+-- Trains and stores one run. Checks again, as trained_by, everything it does not take on trust.
+CREATE FUNCTION pgml._train() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    rel regclass := to_regclass(NEW.relation);
     trained record;
     estimator record;
     current record;
     key_metric text;
     token text;
 BEGIN
-    IF run.trained_by IS NULL OR NOT pg_has_role(session_user, run.trained_by, 'MEMBER') THEN
-        RAISE EXCEPTION 'a training run may only read as a role this session can become'
-            USING ERRCODE = '42501';
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'relation "%" does not exist', NEW.relation USING ERRCODE = '42P01';
     END IF;
     IF (SELECT relpersistence FROM pg_class WHERE oid = rel) = 't' THEN
         RAISE EXCEPTION 'cannot train on the temporary table %', rel
             USING ERRCODE = '0A000',
                   HINT = 'The training run reads through its own connection, which cannot see temporary tables: use an ordinary table or view.';
     END IF;
-    IF NOT has_table_privilege(run.trained_by, rel, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for %: training reads it as %', rel, run.trained_by
-            USING ERRCODE = '42501', HINT = format('Ask its owner for GRANT SELECT ON %s TO %I.', rel, run.trained_by);
+    IF NOT has_table_privilege(NEW.trained_by, rel, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for %: training reads it as %', rel, NEW.trained_by
+            USING ERRCODE = '42501', HINT = format('Ask its owner for GRANT SELECT ON %s TO %I.', rel, NEW.trained_by);
     END IF;
-    -- Schema-qualified: the wrapper's connection has its own search_path.
-    SELECT format('%I.%I', n.nspname, c.relname), coalesce(run.name, c.relname)
-      INTO run.relation, run.name
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
-    IF run.name !~ '^[A-Za-z_][A-Za-z0-9_]*$' OR length(run.name) > 60 THEN
-        RAISE EXCEPTION 'invalid model name "%"', run.name
+    NEW.name := coalesce(NEW.name, (SELECT relname FROM pg_class WHERE oid = rel));
+    IF NEW.name !~ '^[A-Za-z_][A-Za-z0-9_]*$' OR length(NEW.name) > 60 THEN
+        RAISE EXCEPTION 'invalid model name "%"', NEW.name
             USING ERRCODE = '22023',
                   HINT = 'Use letters, digits and underscores, starting with a letter, at most 60 characters.';
     END IF;
     -- One run per name at a time, so that version numbers are handed out in order.
-    PERFORM pg_advisory_xact_lock(hashtext('pgml_fdw:' || run.name));
-    run.version := pgml._next_version(run.name);
-    run.id := run.name || '_' || run.version;
-    run.trained_at := now();
+    PERFORM pg_advisory_xact_lock(hashtext('pgml_fdw:' || NEW.name));
+    NEW.version := pgml._next_version(NEW.name);
+    NEW.id := NEW.name || '_' || NEW.version;
+    NEW.trained_at := now();
     token := txid_current()::text || ':' || gen_random_uuid()::text;
 
     INSERT INTO pgml._training_runs (id, name, version, relation, y_column, algorithm, task, hyperparams,
                                      search, search_params, search_folds, preprocess, test_size,
                                      test_sampling, deploy, trained_by, trained_at, token, memory_limit)
-    VALUES (run.id, run.name, run.version, run.relation, run.y_column, coalesce(run.algorithm, 'linear'),
-            run.task, run.hyperparams, run.search, run.search_params, run.search_folds, run.preprocess,
-            run.test_size, run.test_sampling, run.deploy, run.trained_by, run.trained_at, token,
+    VALUES (NEW.id, NEW.name, NEW.version, NEW.relation, NEW.y_column, coalesce(NEW.algorithm, 'linear'),
+            NEW.task, NEW.hyperparams, NEW.search, NEW.search_params, NEW.search_folds, NEW.preprocess,
+            NEW.test_size, NEW.test_sampling, NEW.deploy, NEW.trained_by, NEW.trained_at, token,
             pgml._training_memory())
     RETURNING * INTO trained;
     PERFORM pgml._check(trained.error);
@@ -368,38 +376,40 @@ BEGIN
     INSERT INTO pgml.model_versions (id, name, version, task, algorithm, relation, y_column, features,
                                      classes, hyperparams, search, metrics, importance, train_rows,
                                      test_rows, duration, peak_memory, trained_by, trained_at)
-    SELECT run.id, run.name, run.version, trained.task, trained.algorithm, run.relation, run.y_column,
+    SELECT NEW.id, NEW.name, NEW.version, trained.task, trained.algorithm, NEW.relation, NEW.y_column,
            d.features, d.classes, d.hyperparams, d.search, trained.metrics, d.importance,
-           trained.train_rows, trained.test_rows, trained.duration, trained.peak_memory, run.trained_by,
-           run.trained_at
+           trained.train_rows, trained.test_rows, trained.duration, trained.peak_memory, NEW.trained_by,
+           NEW.trained_at
     FROM jsonb_to_record(estimator.details)
          AS d(features jsonb, classes jsonb, hyperparams jsonb, search jsonb, importance jsonb);
-    INSERT INTO pgml.model_estimators (model_id, estimator) VALUES (run.id, estimator.estimator);
+    INSERT INTO pgml.model_estimators (model_id, estimator) VALUES (NEW.id, estimator.estimator);
 
-    run.task := trained.task;
-    run.algorithm := trained.algorithm;
-    run.metrics := trained.metrics;
-    run.train_rows := trained.train_rows;
-    run.test_rows := trained.test_rows;
-    run.duration := trained.duration;
-    run.peak_memory := trained.peak_memory;
-    IF NOT coalesce(run.deploy, true) THEN
-        RETURN run;
+    NEW.task := trained.task;
+    NEW.algorithm := trained.algorithm;
+    NEW.metrics := trained.metrics;
+    NEW.train_rows := trained.train_rows;
+    NEW.test_rows := trained.test_rows;
+    NEW.duration := trained.duration;
+    NEW.peak_memory := trained.peak_memory;
+    IF NOT coalesce(NEW.deploy, true) THEN
+        RETURN NEW;
     END IF;
-    SELECT v.* INTO current FROM pgml.deployed_models v WHERE v.name = run.name;
-    key_metric := CASE run.task WHEN 'regression' THEN 'r2' ELSE 'f1' END;
+    SELECT v.* INTO current FROM pgml.deployed_models v WHERE v.name = NEW.name;
+    key_metric := CASE NEW.task WHEN 'regression' THEN 'r2' ELSE 'f1' END;
     IF current IS NULL
-       OR (current.task = run.task AND current.y_column = run.y_column
-           AND coalesce((run.metrics ->> key_metric)::float8, '-Infinity')
+       OR (current.task = NEW.task AND current.y_column = NEW.y_column
+           AND coalesce((NEW.metrics ->> key_metric)::float8, '-Infinity')
                > coalesce((current.metrics ->> key_metric)::float8, '-Infinity')) THEN
         INSERT INTO pgml.deployments (name, version, strategy, deployed_by)
-        VALUES (run.name, run.version, 'auto', run.trained_by);
+        VALUES (NEW.name, NEW.version, 'auto', NEW.trained_by);
     END IF;
-    RETURN run;
+    RETURN NEW;
 END
 $$;
 
-CREATE TRIGGER train INSTEAD OF INSERT ON pgml.training_runs
+CREATE TRIGGER a_identify_trainer INSTEAD OF INSERT ON pgml.training_runs
+    FOR EACH ROW EXECUTE FUNCTION pgml._identify_trainer();
+CREATE TRIGGER b_train INSTEAD OF INSERT ON pgml.training_runs
     FOR EACH ROW EXECUTE FUNCTION pgml._train();
 
 -- Every backend caches models; a deployment tells them all (after commit) and this session at once.
@@ -664,7 +674,7 @@ $$;
 -------------------------------------------------------------------------------------------------------
 GRANT USAGE ON SCHEMA pgml TO PUBLIC;
 GRANT SELECT ON pgml.algorithms TO PUBLIC;
--- Callable by everyone on purpose: pgml._train runs as the training role and calls
--- pgml._run_training, which checks what it is given; pgml._raise and pgml._check run in the
--- callers' queries.
-REVOKE ALL ON FUNCTION pgml._deployment_changed(), pgml._refuse_writes() FROM PUBLIC;
+-- The trigger functions are nobody's to attach elsewhere; pgml._raise and pgml._check run in the
+-- callers' queries, pgml._next_version and pgml._training_memory in pgml._identify_trainer's.
+REVOKE ALL ON FUNCTION pgml._deployment_changed(), pgml._refuse_writes(), pgml._identify_trainer(),
+    pgml._train() FROM PUBLIC;

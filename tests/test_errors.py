@@ -96,3 +96,55 @@ def test_view_code_cannot_take_over_the_wrappers_connection(db: Session, name: s
     assert "cannot set parameter" in error.diag.message_primary
     assert "within security-definer function" in error.diag.message_primary
     assert db.one("SELECT count(*) FROM pgml.model_versions WHERE name = %s", (name,)) == 0
+
+
+def test_a_trainer_cannot_claim_another_role(db: Session, line: str, name: str) -> None:
+    """trained_by is always the role whose INSERT it is, whatever the row says; the function that
+    trains as the extension owner cannot be called, nor attached to another table."""
+    trainer = role(db, "pgml_claimer", ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}",
+                                        "GRANT SELECT ON err_line TO {role}"])
+    session = Session(user=trainer)
+    session.run("INSERT INTO pgml.training_runs (relation, y_column, name, trained_by) VALUES ('err_line', 'y', %s, 'postgres')",
+                (name,))
+    assert db.one("SELECT trained_by FROM pgml.model_versions WHERE name = %s", (name,)) == trainer
+    assert session.error("SELECT pgml._train()").pgcode == "42501"
+    session.run("CREATE TEMP TABLE claims (a int)")
+    assert session.error("CREATE TRIGGER claim AFTER INSERT ON claims FOR EACH ROW EXECUTE FUNCTION pgml._train()").pgcode == "42501"
+    session.close()
+
+
+def test_code_in_a_trainers_view_runs_as_the_trainer(db: Session, name: str) -> None:
+    """Planning a view constant-folds its immutable functions: the wrapper's privileged connection
+    must never plan a trainer's view, or their code would run as the extension owner."""
+    trainer = role(db, "pgml_planner", ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}"])
+    session = Session(user=trainer)
+    session.run("CREATE TABLE seen_as (who name)")
+    session.run("CREATE FUNCTION record_user() RETURNS boolean LANGUAGE plpgsql VOLATILE AS "
+                "$$ BEGIN INSERT INTO seen_as VALUES (current_user); RETURN true; END $$")
+    session.run("CREATE FUNCTION looks_pure() RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT record_user() $$")
+    session.run("CREATE TABLE planner_data AS SELECT g::float8 AS x, 2.0 * g AS y FROM generate_series(1, 50) g")
+    session.run("CREATE VIEW planner_view AS SELECT x, y FROM planner_data WHERE looks_pure()")
+    session.one("SELECT pgml.train('planner_view', 'y', name => %s)", (name,))
+    assert {r[0] for r in session.rows("SELECT who FROM seen_as")} <= {trainer}
+    session.close()
+
+
+@pytest.mark.parametrize("condition", ["model IN ('{m}', 'other')", "model LIKE '{m}%'", "features @> '{{\"x\": 1}}'"])
+def test_a_condition_other_than_equality_on_a_key_is_refused(db: Session, line: str, name: str, condition: str) -> None:
+    """Only "=" says what to compute: anything else could drop the row that carries an error, and
+    the query would answer nothing instead of saying why."""
+    pid = db.pid()
+    where = condition.format(m=name)
+    error = db.error(f"SELECT prediction FROM pgml.predictions WHERE {where} AND model = 'nope' AND features = '[1]'")
+    assert "with = only" in error.diag.message_detail
+    assert db.pid() == pid
+
+
+def test_a_lock_held_by_the_callers_own_transaction_is_a_clear_error(db: Session, line: str, name: str) -> None:
+    """Training reads through another connection: a lock the caller's transaction holds on the
+    relation would make it wait forever; it waits a few seconds and says why."""
+    session = Session(autocommit=False)
+    session.run("LOCK TABLE err_line IN ACCESS EXCLUSIVE MODE")
+    error = session.error("SELECT pgml.train('err_line', 'y', name => %s)", (name,))
+    assert error.pgcode == "55P03" and "waited too long for a lock" in error.diag.message_primary
+    session.close()
