@@ -31,39 +31,45 @@ class _ElfSym(ctypes.Structure):  # Elf64_Sym
                 ("st_shndx", ctypes.c_uint16), ("st_value", ctypes.c_uint64), ("st_size", ctypes.c_uint64)]
 
 
+# The functions looked for on the stack; their address ranges are found once.
+_WATCHED = ("subquery_planner", "standard_planner", "ExplainQuery")
+
+
 class _Stack:
-    """The C functions on the backend's stack, innermost first, by their exported names."""
+    """Which of the watched functions are on the backend's stack, innermost first."""
 
     def __init__(self) -> None:
-        libc = ctypes.CDLL(None)
-        self._backtrace = libc.backtrace
+        executable = ctypes.CDLL(None)  # the postgres executable exports its functions for extensions
+        self._backtrace = executable.backtrace
         self._backtrace.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
-        try:
-            self._dladdr1 = libc.dladdr1
-        except AttributeError:  # glibc before 2.34 keeps it in libdl
-            self._dladdr1 = ctypes.CDLL("libdl.so.2").dladdr1
-        self._dladdr1.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo),
-                                  ctypes.POINTER(ctypes.POINTER(_ElfSym)), ctypes.c_int]
+        self._frames = (ctypes.c_void_p * _MAX_FRAMES)()
+        self._ranges = [(name, *_extent(executable, name)) for name in _WATCHED]
 
-    def functions(self) -> List[Optional[str]]:
-        frames = (ctypes.c_void_p * _MAX_FRAMES)()
-        count = self._backtrace(frames, _MAX_FRAMES)
-        return [self._name(frames[i]) for i in range(count)]
+    def functions(self) -> List[str]:
+        """The watched functions on the stack, innermost first (a function once per call)."""
+        count = self._backtrace(self._frames, _MAX_FRAMES)
+        found = []
+        for address in self._frames[:count]:
+            if address:
+                address -= 1  # a return address may be one past its function's end
+                for name, start, end in self._ranges:
+                    if start <= address < end:
+                        found.append(name)
+        return found
 
-    def _name(self, address: Optional[int]) -> Optional[str]:
-        """The exported function containing a return address; None for a static function (which
-        dladdr would misname as the exported one before it) or an unknown address."""
-        if not address:
-            return None
-        info, symbol = _DlInfo(), ctypes.POINTER(_ElfSym)()
-        # A return address may be one past its function's end (a call that never returns).
-        if not self._dladdr1(address - 1, ctypes.byref(info), ctypes.byref(symbol), _RTLD_DL_SYMENT):
-            return None
-        if not info.dli_sname or not info.dli_saddr or not symbol:
-            return None
-        if not info.dli_saddr <= address - 1 < info.dli_saddr + symbol.contents.st_size:
-            return None
-        return info.dli_sname.decode("ascii", "replace")
+
+def _extent(executable: ctypes.CDLL, name: str) -> Tuple[int, int]:
+    """Where a function of the executable starts and ends (its ELF symbol's address and size)."""
+    try:
+        dladdr1 = executable.dladdr1
+    except AttributeError:  # glibc before 2.34 keeps it in libdl
+        dladdr1 = ctypes.CDLL("libdl.so.2").dladdr1
+    dladdr1.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo), ctypes.POINTER(ctypes.POINTER(_ElfSym)), ctypes.c_int]
+    start = ctypes.cast(getattr(executable, name), ctypes.c_void_p).value
+    info, symbol = _DlInfo(), ctypes.POINTER(_ElfSym)()
+    if not start or not dladdr1(start, ctypes.byref(info), ctypes.byref(symbol), _RTLD_DL_SYMENT) or not symbol:
+        raise OSError(f"no extent for {name}")
+    return start, start + symbol.contents.st_size
 
 
 _stack: Optional[_Stack] = None

@@ -1421,12 +1421,18 @@ def campaign(database: str, cases: int, seed: int, seconds: Optional[float] = No
     return report
 
 
-def fresh_database(database: str) -> None:
+def _as_admin(*statements: str) -> None:
+    """Runs statements on the postgres database (what cannot run inside the fuzzed one)."""
     admin = connect("postgres")
     with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {database}")
+        for statement in statements:
+            cur.execute(statement)
     admin.close()
+
+
+def fresh_database(database: str) -> None:
+    """The fuzzer's own database, made anew with the extension."""
+    _as_admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", f"CREATE DATABASE {database}")
     conn = connect(database)
     with conn.cursor() as cur:
         cur.execute("CREATE EXTENSION pgml_fdw CASCADE")
@@ -1434,11 +1440,8 @@ def fresh_database(database: str) -> None:
 
 
 def drop_database(database: str) -> None:
-    admin = connect("postgres")
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        cur.execute(f'DROP ROLE IF EXISTS "{limited_role_name(database)}"')
-    admin.close()
+    """The fuzzer's database and its login role, gone."""
+    _as_admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", f'DROP ROLE IF EXISTS "{limited_role_name(database)}"')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
