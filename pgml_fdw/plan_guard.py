@@ -18,6 +18,7 @@ import ctypes
 from typing import List, Optional, Tuple
 
 _MAX_FRAMES = 512
+_NEAR_FRAMES = 64  # enough to reach standard_planner from a top-level scan's planning
 _RTLD_DL_SYMENT = 1
 
 
@@ -45,9 +46,10 @@ class _Stack:
         self._frames = (ctypes.c_void_p * _MAX_FRAMES)()
         self._ranges = [(name, *_extent(executable, name)) for name in _WATCHED]
 
-    def functions(self) -> List[str]:
-        """The watched functions on the stack, innermost first (a function once per call)."""
-        count = self._backtrace(self._frames, _MAX_FRAMES)
+    def functions(self, depth: int = _MAX_FRAMES) -> List[str]:
+        """The watched functions among the ``depth`` innermost frames, innermost first (a function
+        once per call)."""
+        count = self._backtrace(self._frames, min(depth, _MAX_FRAMES))
         found = []
         for address in self._frames[:count]:
             if address:
@@ -78,16 +80,20 @@ _unavailable = False
 
 def planning_subquery() -> Tuple[bool, bool]:
     """(nested, explaining): whether the planner is planning a subquery of its statement (two
-    ``subquery_planner`` calls before the innermost ``standard_planner``), and whether that
-    statement is being explained. (False, False) outside a PostgreSQL backend, or where the stack
-    cannot be read."""
+    ``subquery_planner`` calls before the innermost ``standard_planner``), and, for a subquery,
+    whether that statement is being explained. (False, False) at the top level, outside a
+    PostgreSQL backend, or where the stack cannot be read."""
     global _stack, _unavailable
     if _unavailable:
         return False, False
     try:
         if _stack is None:
             _stack = _Stack()
-        names = _stack.functions()
+        # Unwinding costs per frame: the frames up to the planner's entry first, which is all a
+        # plan at the top level (the common case) needs; the whole stack only for a subquery.
+        names = _stack.functions(_NEAR_FRAMES)
+        if "standard_planner" not in names:
+            names = _stack.functions()
     except (OSError, AttributeError):
         _unavailable = True
         return False, False
@@ -97,4 +103,6 @@ def planning_subquery() -> Tuple[bool, bool]:
             break
         if name == "subquery_planner":
             depth += 1
-    return depth >= 2, "ExplainQuery" in names
+    if depth < 2:
+        return False, False
+    return True, "ExplainQuery" in _stack.functions()

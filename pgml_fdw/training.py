@@ -245,6 +245,9 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
                                   options.search_params or {}, options.search_folds)
             params.update(found.best_params)
         estimator = algorithms.make_estimator(algorithm, params)
+        if "copy_X" in estimator.get_params() and "copy_X" not in params:
+            # X_train is this run's own: the estimator may center it in place instead of copying it.
+            estimator.set_params(copy_X=False)
         estimator.fit(X_train, y_train)
 
     model = Model(options.model_id, task, columns, encoder, estimator, classes)
