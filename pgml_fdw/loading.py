@@ -7,6 +7,8 @@ no Python object per value, no second copy. Text columns take a per-row path.
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import struct
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -39,6 +41,8 @@ ORDER BY a.attnum
 """
 
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_LIBC = ctypes.CDLL(None)
+_MADV_DONTNEED = 4  # Linux: the pages read as zeros next time, and leave the resident set now
 
 # The types a field is read as (its SQL type in the COPY): a number as float8 (NULL as NaN), an
 # integer key as int8, anything else as text.
@@ -238,7 +242,22 @@ def _parse_fixed(buffer: bytearray, start: int, n: int) -> Optional[np.ndarray]:
     # into the buffer must go first, or it cannot shrink).
     del counts, lengths, values, out, block
     del buffer[rows * n * 8:]
+    _release_tail(buffer)
     return np.frombuffer(buffer, dtype=np.uint64).reshape(rows, n)
+
+
+def _release_tail(buffer: bytearray) -> None:
+    """Gives the kernel back the pages past a bytearray's end. CPython keeps the whole allocation
+    of a bytearray cut by less than half, and a COPY stream is a third longer than its matrix: the
+    pages past the matrix stay resident, and whatever the training makes next comes on top."""
+    page = mmap.PAGESIZE
+    view = ctypes.c_char.from_buffer(buffer)  # released below: a bytearray with exports cannot resize
+    base = ctypes.addressof(view)
+    del view
+    start = (base + len(buffer) + 1 + page - 1) // page * page  # after the trailing NUL byte
+    end = (base + buffer.__alloc__()) // page * page
+    if end > start:
+        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
 
 
 def _parse_rows(view: memoryview, pos: int, wires: Sequence[str]) -> List[np.ndarray]:

@@ -36,9 +36,9 @@ MAX_MEMORY_SHARE = 0.5
 # Below this, a worker cannot even read and parse a relation's first rows.
 MIN_MEMORY = 64 * 2**20
 # Peak memory of a run, as a multiple of its float64 feature matrix: the raw columns and the
-# matrix, or the matrix and the estimator's working copy and workspace (measured by make bench:
-# 2.7 for a linear regression, whose solver copies the matrix).
-PEAK_FACTOR = 3.0
+# matrix, or the matrix and the estimator's working copy and workspace (make bench measures 2.2
+# for a linear regression, whose solver copies the matrix).
+PEAK_FACTOR = 2.5
 
 
 def parse_json(value: Any, what: str, example: str) -> Any:
@@ -430,7 +430,7 @@ def run(options: TrainingOptions, server: ServerConnection, dsn: str, memory_lim
 
 def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> TrainedRun:
     started = time.monotonic()
-    resident = _resident_bytes()  # the backend's pages, which the worker starts out sharing
+    resident = _reset_peak()  # the backend's pages, which the worker starts out sharing
     server = ServerConnection(dsn)  # the worker's own: the backend's connections are not to be touched
     y_column, columns = feature_columns(server, options.relation, options.y_column)
     # Checked first: a typo in an option, or a relation far too big, should not cost a full read.
@@ -442,11 +442,30 @@ def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> Trained
     y_raw = np.array(y_raw)
     result = train(options, y_column, columns, data, y_raw, budget)
     model = pickle.dumps(result.model, protocol=4)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - resident  # ru_maxrss: KiB on Linux
+    peak = _peak_bytes() - resident
     return TrainedRun(result.model.task, model, result.metrics, result.train_rows, result.test_rows,
                       time.monotonic() - started, result.details, max(peak, 0))
 
 
-def _resident_bytes() -> int:
+def _reset_peak() -> int:
+    """The process's resident bytes now, made its peak: a forked worker inherits the backend's
+    highest resident size ever, which is not this run's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: reset the peak resident set size to the current one
+    except OSError:
+        pass
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_bytes() -> int:
+    """The process's peak resident bytes (VmHWM), or getrusage's where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
