@@ -49,16 +49,20 @@ def as_user_error(exc: BaseException) -> PgmlError:
     if isinstance(exc, PgmlError):
         return exc
     if isinstance(exc, ChildFailed):
-        sys.stderr.write(f"pgml_fdw: unexpected error in a worker process\n{exc.traceback_text}")
-        sys.stderr.flush()
-        return PgmlError(f"pgml_fdw failed unexpectedly: {exc}", sqlstate=errors.INTERNAL_ERROR,
-                         hint="This is a bug in pgml_fdw: please report it with the server log, which has its traceback.")
+        return _bug(str(exc), "in a worker process", exc.traceback_text)
     if isinstance(exc, MemoryError):
         return PgmlError("pgml_fdw ran out of memory", sqlstate=errors.OUT_OF_MEMORY,
                          hint="Train or score fewer rows or columns, or give the server more memory.")
-    sys.stderr.write("pgml_fdw: unexpected error\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return _bug(f"{type(exc).__name__}: {exc}", "",
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+def _bug(summary: str, where: str, traceback_text: str) -> PgmlError:
+    """A bug's error: its traceback to the server log (the backend's stderr), a short message
+    to the client."""
+    sys.stderr.write(f"pgml_fdw: unexpected error{' ' + where if where else ''}\n{traceback_text}")
     sys.stderr.flush()
-    return PgmlError(f"pgml_fdw failed unexpectedly: {type(exc).__name__}: {exc}", sqlstate=errors.INTERNAL_ERROR,
+    return PgmlError(f"pgml_fdw failed unexpectedly: {summary}", sqlstate=errors.INTERNAL_ERROR,
                      hint="This is a bug in pgml_fdw: please report it with the server log, which has its traceback.")
 
 
@@ -273,11 +277,12 @@ class Predictions(_Table):
         return 1, 64 if "features" in wanted else 128, 1
 
     def _relation_rows(self, relation: Any) -> int:
+        from .loading import estimated_rows
+
         try:
-            rows = self.server.fetch("SELECT c.reltuples FROM pg_class c WHERE c.oid = to_regclass(%s)", (relation,))
+            return int(estimated_rows(self.server, relation)) or _DEFAULT_BATCH_ROWS
         except Exception:  # noqa: BLE001 - only an estimate; the scan itself reports a bad relation
             return _DEFAULT_BATCH_ROWS
-        return int(rows[0][0]) if rows and rows[0][0] is not None and rows[0][0] > 0 else _DEFAULT_BATCH_ROWS
 
 
 _HANDLERS: Dict[str, Callable[[str, List[str]], _Table]] = {

@@ -468,6 +468,41 @@ def test_explain_of_a_join_with_per_row_features_prints_a_plan_or_a_clear_error(
     assert db.pid() == pid
 
 
+# The statements that crashed the development server (its log's "terminated by signal 11"),
+# before pgml.predictions stopped offering parameterized paths and started refusing subqueries.
+LOGGED_CRASHES = {
+    "lateral_jsonb_build_object_with_a_jsonb_value": (
+        "SELECT count(q.prediction) FROM (SELECT * FROM rb_docs LIMIT 10) r CROSS JOIN LATERAL (SELECT prediction "
+        "FROM pgml.predictions WHERE model = 'rb_line' AND features = jsonb_build_object('a', r.id, 'j', r.features)) q"),
+    "lateral_jsonb_build_object_float_and_text": (
+        "SELECT count(q.prediction) FROM (SELECT * FROM rb_mixed LIMIT 10) r CROSS JOIN LATERAL (SELECT prediction "
+        "FROM pgml.predictions WHERE model = 'rb_mixed' AND features = jsonb_build_object('f', r.f, 's', r.s)) q"),
+    "lateral_jsonb_column": (
+        "SELECT count(q.prediction) FROM (SELECT * FROM rb_docs LIMIT 10) r CROSS JOIN LATERAL (SELECT prediction "
+        "FROM pgml.predictions WHERE model = 'rb_line' AND features = r.features) q"),
+    "lateral_whole_row": (
+        "SELECT count(q.prediction) FROM (SELECT * FROM rb_points LIMIT 10) r CROSS JOIN LATERAL (SELECT prediction "
+        "FROM pgml.predictions WHERE model = 'rb_line' AND features = to_jsonb(r)) q"),
+    "correlated_scalar_subquery": (
+        "SELECT (SELECT prediction FROM pgml.predictions WHERE model = 'rb_mixed' "
+        "AND features = jsonb_build_object('f', t.f, 's', t.s)) FROM rb_mixed t"),
+    "lateral_subquery_with_limit": (
+        "SELECT q.* FROM rb_mixed t CROSS JOIN LATERAL (SELECT prediction FROM pgml.predictions WHERE model = 'rb_mixed' "
+        "AND features = jsonb_build_object('f', t.f, 's', t.s) LIMIT 1) q"),
+}
+
+
+@pytest.mark.parametrize("shape", list(LOGGED_CRASHES))
+def test_a_plain_explain_that_once_crashed_the_server_does_not(db: Session, models: None, shape: str) -> None:
+    pid = db.pid()
+    outcome = _outcome(db, f"EXPLAIN {LOGGED_CRASHES[shape]}")
+    if isinstance(outcome, psycopg2.Error):
+        assert outcome.pgcode != "XX000" or _is_refusal(outcome), _describe(outcome)
+    else:
+        assert "Foreign Scan" in outcome, outcome
+    assert db.pid() == pid
+
+
 CORRELATED = ("SELECT t.a, t.b, (SELECT prediction FROM pgml.predictions WHERE model = 'rb_line' "
               "AND features = to_jsonb(t)) FROM rb_points t ORDER BY t.a")
 
