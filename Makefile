@@ -3,10 +3,14 @@ SERVER := local/server.sh
 PYTEST_ARGS ?=
 FUZZ_CASES ?= 20000
 
-.PHONY: up down psql demo test bench fuzz
+.PHONY: up standby down psql demo test bench fuzz
 
 up:
 	@$(SERVER) up
+
+# A streaming hot standby of the local server on port PGML_PORT+1 (not started by up).
+standby: up
+	@$(SERVER) standby
 
 down:
 	@$(SERVER) down
@@ -17,7 +21,8 @@ psql: up
 demo: up
 	@$(SERVER) run sh -c 'psql -X -q -e -h 127.0.0.1 -p $$PGML_PORT -U postgres -d pgml -f demo/demo.sql'
 
-test: up
+# The standby too: tests/test_standby.py runs against it.
+test: up standby
 	@$(SERVER) run python3 -m pytest -q tests $(PYTEST_ARGS)
 
 bench: up

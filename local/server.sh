@@ -4,7 +4,9 @@
 #
 #   local/server.sh up      build the root once (about two minutes), then start PostgreSQL on
 #                           127.0.0.1:$PGML_PORT (default 5433) with the database pgml and the extension
-#   local/server.sh down    stop it
+#   local/server.sh standby start a streaming hot standby of it on 127.0.0.1:$PGML_PORT+1, made
+#                           with pg_basebackup the first time (up does not start it)
+#   local/server.sh down    stop both
 #   local/server.sh psql    a psql prompt on the database pgml, as postgres
 #   local/server.sh run CMD run CMD inside the root, in the checkout (tests, benchmarks, the demo)
 #
@@ -23,6 +25,12 @@ MIRROR=${PGML_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DATA=/var/lib/pgml/data          # inside the root
 LOG=/var/lib/pgml/postgresql.log # inside the root
 CODE=/opt/pgml_fdw               # where the checkout is mounted inside the root
+SOCKETS=/var/run/postgresql      # the primary's unix socket directory, inside the root
+STANDBY_PORT=$((PORT + 1))
+STANDBY_DATA=/var/lib/pgml/standby
+STANDBY_LOG=/var/lib/pgml/standby.log
+# The standby's own sockets: the wrapper on the standby must talk to the standby, never the primary.
+STANDBY_SOCKETS=/var/run/postgresql-standby
 PYPKGS=/usr/lib/python3/dist-packages
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -38,12 +46,14 @@ in_root() {
 }
 
 # Run a command in the root inside a private mount namespace with /proc and the checkout mounted.
+# With HIDE set (a directory of the root, symlinks resolved), an empty tmpfs covers it in there.
 in_namespace() {
     unshare --mount --propagation private -- bash -euc '
-        root=$1; repo=$2; code=$3; shift 3
+        root=$1; repo=$2; code=$3; hide=$4; shift 4
         mount -t proc proc "$root/proc"
         mount --bind "$repo" "$root$code"
-        exec "$@"' _ "$ROOT" "$REPO" "$CODE" \
+        if [ -n "$hide" ]; then mount -t tmpfs -o size=64k,mode=0755 hidden "$root$hide"; fi
+        exec "$@"' _ "$ROOT" "$REPO" "$CODE" "${HIDE:-}" \
         env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
         PGML_PORT="$PORT" PGML_BENCH_QUICK="${PGML_BENCH_QUICK:-}" PGML_TEST_DATABASE="${PGML_TEST_DATABASE:-pgml_test}" \
         CI="${CI:-}" TERM="${TERM:-dumb}" \
@@ -73,7 +83,7 @@ build_root() {
     say "installing PostgreSQL 13, Multicorn and Python 3.9 from Debian"
     in_root apt-get update -qq
     in_root apt-get install -y -qq --no-install-recommends postgresql-13 postgresql-13-python3-multicorn \
-        python3-pip python3-psycopg2 >"$HOME_DIR/apt.log" 2>&1 || die "apt-get failed; see $HOME_DIR/apt.log"
+        python3-pip python3-psycopg2 pgbouncer >"$HOME_DIR/apt.log" 2>&1 || die "apt-get failed; see $HOME_DIR/apt.log"
     say "installing the Python packages (local/requirements.txt) from PyPI"
     cp "$REPO/local/requirements.txt" "$tmp/tmp/requirements.txt"
     in_root pip3 install -q --no-cache-dir -r /tmp/requirements.txt || die "pip install failed (see above)"
@@ -98,14 +108,21 @@ link_extension() {
 }
 
 running() { [ -f "$ROOT$DATA/postmaster.pid" ] && as_postgres "/usr/lib/postgresql/13/bin/pg_ctl status -D $DATA" >/dev/null 2>&1; }
+standby_running() {
+    [ -f "$ROOT$STANDBY_DATA/postmaster.pid" ] \
+        && as_postgres "/usr/lib/postgresql/13/bin/pg_ctl status -D $STANDBY_DATA" >/dev/null 2>&1
+}
 
 psql_root() { in_root psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
+psql_standby() { in_root psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$STANDBY_PORT" -U postgres "$@"; }
+
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 up() {
     [ "$(id -u)" = 0 ] || die "run as root: the root is built with debootstrap and chroot"
     mkdir -p "$HOME_DIR"
     if [ "$(cat "$HOME_DIR/stamp" 2>/dev/null)" != "$(stamp)" ]; then
-        if [ -d "$ROOT" ] && running; then
+        if [ -d "$ROOT" ] && { running || standby_running; }; then
             say "the build recipe changed: stopping the server to rebuild (its databases go with the old root)"
             down
         fi
@@ -115,12 +132,12 @@ up() {
     link_extension
     if ! [ -f "$ROOT$DATA/PG_VERSION" ]; then
         say "creating the database cluster"
-        mkdir -p "$ROOT/var/run/postgresql"
-        in_root chown postgres:postgres /var/lib/pgml /var/run/postgresql
+        # Inside the root: its /var/run is a symlink to /run, which outside it is the host's.
+        in_root install -d -o postgres -g postgres -m 2775 /var/lib/pgml $SOCKETS
         as_postgres "/usr/lib/postgresql/13/bin/initdb -D $DATA -U postgres --auth=trust -E UTF8 --locale=C.UTF-8" >/dev/null
         cat >>"$ROOT$DATA/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
-unix_socket_directories = '/var/run/postgresql'
+unix_socket_directories = '$SOCKETS'
 dynamic_shared_memory_type = mmap
 max_connections = 100
 shared_buffers = 256MB
@@ -130,7 +147,7 @@ EOF
     if running; then
         say "already running on 127.0.0.1:$PORT"
     else
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+        if port_taken "$PORT"; then
             die "port $PORT is taken by another program; choose another with PGML_PORT=NNNN"
         fi
         say "starting PostgreSQL 13 on 127.0.0.1:$PORT"
@@ -145,7 +162,96 @@ EOF
     say "ready: psql -h 127.0.0.1 -p $PORT -U postgres pgml   (or: make psql)"
 }
 
+# The standby: a streaming hot standby of the primary, for the wrapper's tests on a read-only replica.
+# Its data directory is a pg_basebackup of the primary; the settings that depend on PGML_PORT are
+# rewritten at every start. No replication slot: a stopped standby must not make the primary keep
+# WAL forever, so one that fell too far behind is copied anew instead. It runs in a namespace of its
+# own in which the primary's socket directory is an empty tmpfs, so that a wrapper on the standby
+# that followed the replicated dsn fails there rather than quietly reads the primary.
+standby_settings() {
+    in_root su postgres -s /bin/sh -c "cat >$STANDBY_DATA/pgml_standby.conf" <<EOF
+# Written by local/server.sh at every start of the standby.
+port = $STANDBY_PORT
+unix_socket_directories = '$STANDBY_SOCKETS'
+hot_standby = on
+hot_standby_feedback = on
+primary_conninfo = 'host=127.0.0.1 port=$PORT user=postgres application_name=pgml_standby'
+EOF
+}
+
+copy_primary() {
+    say "copying the primary into the standby's data directory with pg_basebackup"
+    in_root rm -rf $STANDBY_DATA
+    as_postgres "/usr/lib/postgresql/13/bin/pg_basebackup -h 127.0.0.1 -p $PORT -U postgres -D $STANDBY_DATA -X stream -c fast" \
+        || die "pg_basebackup failed"
+    as_postgres "touch $STANDBY_DATA/standby.signal"
+    echo "include 'pgml_standby.conf'" >>"$ROOT$STANDBY_DATA/postgresql.conf"
+}
+
+start_standby() {
+    in_root install -d -o postgres -g postgres -m 2775 $STANDBY_SOCKETS
+    standby_settings
+    HIDE=$(in_root readlink -f $SOCKETS) in_namespace su postgres -s /bin/sh -c \
+        "/usr/lib/postgresql/13/bin/pg_ctl start -w -t 60 -D $STANDBY_DATA -l $STANDBY_LOG >/dev/null"
+}
+
+stop_standby() { as_postgres "/usr/lib/postgresql/13/bin/pg_ctl stop -w -m $1 -D $STANDBY_DATA" >/dev/null; }
+
+# Waits (a minute at most) until the standby has replayed the primary's WAL up to the LSN $1. Gives
+# up at once if the primary no longer has the WAL the standby asks for (logged past byte $2 of its log).
+caught_up() {
+    local i
+    for i in $(seq 300); do
+        [ "$(psql_standby -At -d postgres -c "SELECT coalesce(pg_last_wal_replay_lsn() >= '$1', false)" 2>/dev/null)" = t ] \
+            && return 0
+        ! tail -c "+$(($2 + 1))" "$ROOT$STANDBY_LOG" 2>/dev/null | grep -q 'has already been removed' || return 1
+        sleep 0.2
+    done
+    return 1
+}
+
+# Starts the standby and waits for it to catch up with the primary as of now.
+start_and_catch_up() {
+    local target logged
+    target=$(psql_root -At -d postgres -c "SELECT pg_current_wal_lsn()")
+    logged=$(stat -c %s "$ROOT$STANDBY_LOG" 2>/dev/null || echo 0)
+    start_standby && caught_up "$target" "$logged"
+}
+
+standby() {
+    [ "$(id -u)" = 0 ] || die "run as root: the root is built with debootstrap and chroot"
+    { [ -d "$ROOT" ] && running; } || die "the primary is not running: make up"
+    if standby_running; then
+        say "the standby is already running on 127.0.0.1:$STANDBY_PORT"
+        return
+    fi
+    if port_taken "$STANDBY_PORT"; then
+        die "port $STANDBY_PORT (the standby's: PGML_PORT + 1) is taken by another program; choose another PGML_PORT"
+    fi
+    # A copy of another cluster (the primary's was made anew) can never follow this one.
+    local primary
+    primary=$(psql_root -At -d postgres -c "SELECT system_identifier FROM pg_control_system()")
+    if [ -f "$ROOT$STANDBY_DATA/PG_VERSION" ] && [ "$(as_postgres "/usr/lib/postgresql/13/bin/pg_controldata -D $STANDBY_DATA" \
+            | sed -n 's/^Database system identifier: *//p')" != "$primary" ]; then
+        say "the standby's data is a copy of another cluster"
+        in_root rm -rf $STANDBY_DATA
+    fi
+    [ -f "$ROOT$STANDBY_DATA/PG_VERSION" ] || copy_primary
+    say "starting the standby on 127.0.0.1:$STANDBY_PORT"
+    if ! start_and_catch_up; then
+        say "the standby did not start or catch up (its log: $ROOT$STANDBY_LOG); making it anew"
+        ! standby_running || stop_standby immediate
+        copy_primary
+        start_and_catch_up || die "the standby did not start or catch up; its log: $ROOT$STANDBY_LOG"
+    fi
+    say "standby ready (read-only): psql -h 127.0.0.1 -p $STANDBY_PORT -U postgres pgml"
+}
+
 down() {
+    if [ -d "$ROOT" ] && standby_running; then
+        say "stopping the standby"
+        stop_standby fast
+    fi
     if [ -d "$ROOT" ] && running; then
         say "stopping PostgreSQL"
         as_postgres "/usr/lib/postgresql/13/bin/pg_ctl stop -w -m fast -D $DATA" >/dev/null
@@ -156,8 +262,9 @@ down() {
 
 case "${1:-}" in
     up) up ;;
+    standby) standby ;;
     down) down ;;
     psql) shift; running || die "not running: make up"; psql_root -d pgml "$@" ;;
     run) shift; [ -d "$ROOT" ] || die "no root yet: make up"; in_namespace sh -c "cd $CODE && exec \"\$@\"" _ "$@" ;;
-    *) die "usage: server.sh up|down|psql|run CMD..." ;;
+    *) die "usage: server.sh up|standby|down|psql|run CMD..." ;;
 esac
