@@ -10,13 +10,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-import numpy as np
 from sklearn.utils._param_validation import (
     Interval,
     InvalidParameterError,

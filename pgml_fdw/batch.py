@@ -2,29 +2,18 @@
 from __future__ import annotations
 
 import json
-import os
 from itertools import repeat
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import psycopg2
 
 from .columns import FeatureColumn
-from .connection import ServerConnection
-from . import errors, isolation
+from .connection import ServerConnection, stop_backends
+from . import backend, errors, isolation
 from .errors import PgmlError
 from .loading import INTEGER, TEXT, feature_field, read_columns, relation_columns
 from .model import Model, Prediction
 from .training import training_budget
-
-
-def session_role(server: ServerConnection) -> str:
-    """The login role of this backend's session: a scan cannot see current_user, so the batch
-    form reads with the privileges of the role that logged in."""
-    rows = server.fetch("SELECT usename FROM pg_stat_activity WHERE pid = %s", (os.getpid(),))
-    if not rows or rows[0][0] is None:
-        raise PgmlError("pgml_fdw cannot tell which role this session belongs to", sqlstate=errors.INTERNAL_ERROR,
-                        hint="Score the rows one by one with pgml.prediction() in a LATERAL join instead.")
-    return rows[0][0]
 
 
 def _fields(server: ServerConnection, model: Model, relation: str,
@@ -68,8 +57,10 @@ def score_relation(server: ServerConnection, dsn: str, model: Model, relation: s
         raise PgmlError(f'relation "{relation}" does not exist', sqlstate=errors.UNDEFINED_TABLE,
                         hint="Name a table or view, schema-qualified unless it is in public.")
     fields = _fields(server, model, rows[0][0], key_column)
-    return isolation.run(_score_in_worker, dsn, session_role(server), rows[0][0], model, fields, key_column is not None,
-                         memory_limit=training_budget(0), on_abandon=server.terminate, task="batch scoring")
+    # Read with the privileges of the role the statement runs as (current_user, after SET ROLE too).
+    return isolation.run(_score_in_worker, dsn, backend.current_user(), rows[0][0], model, fields,
+                         key_column is not None, memory_limit=training_budget(0), on_abandon=stop_backends,
+                         task="batch scoring")
 
 
 def _score_in_worker(dsn: str, role: str, relation: str, model: Model, fields: List[Tuple[FeatureColumn, str]],

@@ -1,29 +1,29 @@
 """Connections from the wrapper back to its own database.
 
 Multicorn runs inside a PostgreSQL backend but offers no SPI, so the wrapper reads training data and
-models through psycopg2 connections to the same server (the foreign server's ``dsn`` option).
+models through psycopg2 connections to the same server (:func:`loopback_dsn`).
 
-* :class:`ServerConnection` is the backend's long-lived connection: it reads models and metadata
-  and listens for deployment changes. It is privileged (the extension owner) and never runs code
-  a user wrote.
+* :class:`ServerConnection` reads models and metadata; it never runs code a user wrote. A backend
+  opens one only when it must (a model it has not cached, a name resolved anew) and closes it at
+  the end of the statement, so N application connections use N server connections.
 * :func:`read_as` runs one query over a relation a user named with that user's privileges, on a
   connection of its own, so that the user's views cannot borrow the privileged session.
 """
 from __future__ import annotations
 
-import select
+import os
+import signal
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
-from . import errors, isolation
+from . import backend, errors, isolation
 from .errors import PgmlError
 
-CHANNEL = "pgml_models"
 WORKER_APPLICATION = "pgml_fdw worker"
 # A read waits this long at most for a lock: the caller's own transaction may hold it (LOCK, or
 # uncommitted DDL), and it waits for this read.
@@ -45,19 +45,21 @@ def connect(dsn: str) -> "psycopg2.extensions.connection":
     except psycopg2.OperationalError as exc:
         raise PgmlError(
             f"pgml_fdw cannot connect back to this database: {str(exc).strip()}",
-            hint="The foreign server pgml's dsn option says how; fix it with "
-            "ALTER SERVER pgml OPTIONS (SET dsn 'host=... port=... dbname=... user=...').",
+            hint="It logs in over this server's Unix socket as the foreign server pgml's serve_user (models) or "
+            "read_user (training data): let that role in without a password in pg_hba.conf (peer with a map, or "
+            "trust), or give a passfile: ALTER SERVER pgml OPTIONS (ADD dsn 'passfile=...'). See the README, Install.",
             sqlstate=errors.CONNECTION_FAILURE,
         ) from exc
 
 
 class ServerConnection:
-    """The backend's privileged connection, opened on first use and reopened if it breaks."""
+    """A connection back to this database, opened on first use and reopened if it broke. It holds
+    no session state worth keeping, so :meth:`close` after a piece of work costs only a reconnect
+    when there is more."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self._conn: Optional[psycopg2.extensions.connection] = None
-        self._readable = select.poll()  # watches the connection's socket for notifications
 
     @property
     def conn(self) -> "psycopg2.extensions.connection":
@@ -65,11 +67,8 @@ class ServerConnection:
             conn = connect(self.dsn)
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                 # The caller's own uncommitted DDL can lock what this connection reads: fail, not hang.
-                cur.execute("SET lock_timeout = '5s'")
-            self._readable = select.poll()
-            self._readable.register(conn.fileno(), select.POLLIN)
+                cur.execute("SET lock_timeout = %s", (READ_LOCK_TIMEOUT,))
             self._conn = conn
         return self._conn
 
@@ -85,33 +84,59 @@ class ServerConnection:
                                 hint="Commit the transaction that created or altered the extension first.",
                                 sqlstate=errors.LOCK_NOT_AVAILABLE) from exc
             except psycopg2.OperationalError:
-                self._conn = None
+                self.close()
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def terminate(self, pids: List[int]) -> None:
-        """Ends the given backends of this database's loopback connections (a worker process's,
-        abandoned: killing the worker does not stop a query its backend is running)."""
-        if pids:  # by name too: a pid that ended may have been reused by someone else's session
-            self.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s) "
-                       "AND application_name = %s", (list(pids), WORKER_APPLICATION))
-
-    def changed(self) -> bool:
-        """Whether a deployment changed since the last call: one non-blocking look at the socket."""
-        if self._conn is None or self._conn.closed:
-            return True  # a new connection missed whatever happened before it
-        conn = self._conn
-        if self._readable.poll(0) or conn.notifies:
+    def close(self) -> None:
+        """Ends the connection, if open: a backend keeps none between statements."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
             try:
-                conn.poll()
-            except psycopg2.OperationalError:
-                self._conn = None
-                return True
-            if conn.notifies:
-                conn.notifies.clear()
-                return True
-        return False
+                conn.close()
+            except psycopg2.Error:
+                pass
+
+
+def loopback_dsn(options: Mapping[str, str], user_option: str) -> str:
+    """The libpq connection string back to the database this backend serves: the server's own
+    first socket directory and port and this database's name, as they are now (so a renamed
+    database, a copy made from a template or a hot standby needs no setting), then the server
+    option ``dsn``'s settings, then the role the option ``user_option`` names. Values are quoted as
+    libpq wants them: any database or role name works."""
+    socket_dir = (backend.setting("unix_socket_directories") or "").split(",")[0].strip()
+    params: Dict[str, Any] = {
+        "host": socket_dir or "localhost",
+        "port": backend.setting("port"),
+        "dbname": backend.database_name(),
+        "application_name": "pgml_fdw",
+    }
+    try:
+        params.update(psycopg2.extensions.parse_dsn(options.get("dsn") or ""))
+    except psycopg2.ProgrammingError as exc:
+        raise PgmlError(f"the foreign server pgml's dsn option is not a libpq connection string: {exc}",
+                        hint="Fix it with ALTER SERVER pgml OPTIONS (SET dsn 'passfile=...'), or drop it.",
+                        sqlstate=errors.CONNECTION_FAILURE) from exc
+    if options.get(user_option):
+        params["user"] = options[user_option]
+    return psycopg2.extensions.make_dsn(**params)
+
+
+def stop_backends(pids: List[int]) -> None:
+    """Ends the given backends: a worker process's loopback connections, abandoned (killing the
+    worker does not stop a query its backend is running). SIGTERM is what pg_terminate_backend
+    sends; only this server's backends, siblings of this one, are signalled, so a pid that ended
+    and was reused by another program is left alone."""
+    postmaster = os.getppid()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            if parent == postmaster:
+                os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError, IndexError):
+            pass  # gone already
 
 
 @contextmanager

@@ -19,13 +19,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from multicorn import ForeignDataWrapper
 
 from . import errors, plan_guard
-from .connection import ServerConnection
+from .connection import ServerConnection, loopback_dsn
 from .errors import PgmlError
 from .isolation import ChildFailed
 
-# One connection and one model store per backend and dsn: Multicorn keeps one wrapper object per
-# foreign table, and they share these.
-_SERVICES: Dict[str, Tuple[ServerConnection, Any]] = {}
+# The backend's connections and model store: Multicorn keeps one wrapper object per foreign table,
+# and they share these (keyed by the server's options).
+_SERVICES: Dict[Tuple[Tuple[str, str], ...], "_Services"] = {}
 # Trained estimators waiting for pgml._run_training to store them: token -> (pickle, details).
 _PENDING: Dict[str, Tuple[bytes, Dict[str, Any]]] = {}
 # The conditions that choose what pgml.predictions computes.
@@ -34,13 +34,30 @@ _KEYS = ("model", "features", "relation", "key_column")
 _DEFAULT_BATCH_ROWS = 100_000
 
 
-def _services(dsn: str) -> Tuple[ServerConnection, Any]:
-    if dsn not in _SERVICES:
+class _Services:
+    """What the wrapper's tables share in a backend: the connection that loads models (as the
+    server's serve_user), the one that reads users' relations as them (read_user), and the model
+    store."""
+
+    def __init__(self, options: Dict[str, str]) -> None:
         from .store import ModelStore
 
-        server = ServerConnection(dsn)
-        _SERVICES[dsn] = (server, ModelStore(server))
-    return _SERVICES[dsn]
+        self.serving = ServerConnection(loopback_dsn(options, "serve_user"))
+        self.read_dsn = loopback_dsn(options, "read_user")
+        self.reading = ServerConnection(self.read_dsn)
+        self.store = ModelStore(self.serving)
+
+    def close(self) -> None:
+        """The statement's work is done: a backend keeps no connection between statements."""
+        self.serving.close()
+        self.reading.close()
+
+
+def _services(options: Dict[str, str]) -> _Services:
+    key = tuple(sorted(options.items()))
+    if key not in _SERVICES:
+        _SERVICES[key] = _Services(options)
+    return _SERVICES[key]
 
 
 def as_user_error(exc: BaseException) -> PgmlError:
@@ -81,13 +98,12 @@ class PgmlCannotPlanThisQuery(Exception):
 
 
 class _Table:
-    """A handler of one foreign table, given the foreign server's dsn and the table's columns in
-    order; it shares the backend's connection and model store."""
+    """A handler of one foreign table, given the foreign server's options and the table's columns
+    in order; it shares the backend's connections and model store."""
 
-    def __init__(self, dsn: str, column_order: List[str]) -> None:
-        self.dsn = dsn
+    def __init__(self, options: Dict[str, str], column_order: List[str]) -> None:
         self.column_order = column_order
-        self.server, self.store = _services(dsn)
+        self.services = _services(options)
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Any]:
         return []
@@ -97,7 +113,8 @@ class _Table:
         return 1000, 100, 1
 
     def end_scan(self) -> None:
-        """The scan ended, or its transaction: forget what was kept for it."""
+        """The scan ended, or its transaction: forget what was kept for it, close connections."""
+        self.services.close()
 
 
 class TrainingRuns(_Table):
@@ -126,13 +143,11 @@ class TrainingRuns(_Table):
         from .training import TrainingOptions, run
 
         options = TrainingOptions.from_row(values)
-        token = values["token"]
-        txid = int(token.split(":")[0])
-        result = run(options, self.server, self.dsn, memory_limit=int(values.get("memory_limit") or 0))
-        for stale in [t for t in _PENDING if not t.startswith(f"{txid}:")]:
-            del _PENDING[stale]  # left behind by a statement that failed after training
+        token = values["token"]  # the new version's uid (0.1.0: "txid:uuid")
+        result = run(options, self.services.read_dsn, memory_limit=int(values.get("memory_limit") or 0))
+        _PENDING.clear()  # anything left was trained by a statement that failed after training
         _PENDING[token] = (result.model, result.details)
-        self.store.remember_trained(options.model_id, result.model, txid)
+        self.services.store.remember_trained(token.rpartition(":")[2], result.model)
         return {
             "task": result.task,
             "algorithm": options.algorithm,
@@ -152,16 +167,6 @@ class TrainedEstimators(_Table):
         if token in _PENDING:
             blob, details = _PENDING.pop(token)
             yield {"token": token, "estimator": blob, "details": _json_text(details)}
-
-
-class ModelCache(_Table):
-    """pgml._model_cache (internal): told of this session's deployments as they are made."""
-
-    def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
-        wanted = _equalities(quals)
-        if {"name", "model", "txid"} <= wanted.keys():
-            self.store.note_deployment(wanted["name"], wanted["model"], int(wanted["txid"]))
-        return []
 
 
 class Algorithms(_Table):
@@ -184,14 +189,15 @@ class Algorithms(_Table):
 class Predictions(_Table):
     """pgml._predictions: one row for WHERE model AND features, or a whole relation's rows."""
 
-    def __init__(self, dsn: str, column_order: List[str]) -> None:
-        super().__init__(dsn, column_order)
+    def __init__(self, options: Dict[str, str], column_order: List[str]) -> None:
+        super().__init__(options, column_order)
         # A whole relation's rows, kept while its scan lasts: a rescan (the inner side of a join)
         # returns them again instead of reading and scoring the relation anew.
         self._batches: Dict[Tuple[Any, ...], List[Any]] = {}
 
     def end_scan(self) -> None:
         self._batches.clear()
+        super().end_scan()
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Any]:
         from .isolation import Interrupted
@@ -227,13 +233,17 @@ class Predictions(_Table):
         if "features" in wanted and "relation" in wanted:
             raise PgmlError("pgml.predictions takes features (one row) or relation (a whole table), not both",
                             hint="Drop the features condition to score every row of the relation.")
-        model = self.store.get(ref)
+        if "context" not in self.column_order:
+            raise PgmlError("this database's pgml_fdw objects are older than its Python package",
+                            hint="Update them: ALTER EXTENSION pgml_fdw UPDATE (models are kept).",
+                            sqlstate=errors.INVALID_PARAMETER)
+        model = self.services.store.get(ref, wanted.get("context"))
         if "features" in wanted:
             features = wanted["features"]  # jsonb arrives as text (Multicorn 1.4) or parsed
             prediction, label, probabilities = model.predict_row(features)
             row = {"model": ref, "features": features if isinstance(features, str) else _json_text(features),
                    "prediction": prediction, "label": label, "probabilities": _json_text(probabilities),
-                   "version": model.version}
+                   "version": model.version, "context": wanted.get("context")}
             # A sequence in column order: Multicorn converts it without a lookup per column name.
             return [tuple(row.get(name) for name in self.column_order)]
         from .batch import as_rows, score_relation
@@ -241,8 +251,10 @@ class Predictions(_Table):
         relation, key_column = wanted["relation"], wanted.get("key_column")
         batch = (model.model_id, relation, key_column)
         if batch not in self._batches:
-            keys, predictions = score_relation(self.server, self.dsn, model, relation, key_column)
-            constant = {"model": ref, "relation": relation, "key_column": key_column, "version": model.version}
+            keys, predictions = score_relation(self.services.reading, self.services.read_dsn, model, relation,
+                                               key_column)
+            constant = {"model": ref, "relation": relation, "key_column": key_column, "version": model.version,
+                        "context": wanted.get("context")}
             self._batches[batch] = list(as_rows(self.column_order, constant, keys, predictions))
         return self._batches[batch]
 
@@ -280,17 +292,20 @@ class Predictions(_Table):
         from .loading import estimated_rows
 
         try:
-            return int(estimated_rows(self.server, relation)) or _DEFAULT_BATCH_ROWS
+            return int(estimated_rows(self.services.reading, relation)) or _DEFAULT_BATCH_ROWS
         except Exception:  # noqa: BLE001 - only an estimate; the scan itself reports a bad relation
             return _DEFAULT_BATCH_ROWS
+        finally:
+            self.services.reading.close()  # planning alone (PREPARE, EXPLAIN) reaches no end_scan
 
 
-_HANDLERS: Dict[str, Callable[[str, List[str]], _Table]] = {
+_HANDLERS: Dict[str, Callable[[Dict[str, str], List[str]], _Table]] = {
     "training_runs": TrainingRuns,
     "predictions": Predictions,
     "algorithms": Algorithms,
     "trained_estimators": TrainedEstimators,
-    "model_cache": ModelCache,
+    # 0.1.0's deployment trigger scans it; ALTER EXTENSION pgml_fdw UPDATE drops it.
+    "model_cache": _Table,
 }
 
 
@@ -303,9 +318,10 @@ class PgmlWrapper(ForeignDataWrapper):
     def __init__(self, options: Dict[str, str], columns: Dict[str, Any]) -> None:
         super().__init__(options, columns)
         table = options.get("table")
-        if table not in _HANDLERS or "dsn" not in options:
-            raise ValueError(f"pgml_fdw foreign tables need the options table (one of {sorted(_HANDLERS)}) and dsn")
-        self.handler = _HANDLERS[table](options["dsn"], list(columns))
+        if table not in _HANDLERS:
+            raise ValueError(f"pgml_fdw foreign tables need the option table (one of {sorted(_HANDLERS)})")
+        server_options = {k: v for k, v in options.items() if k not in ("table", "wrapper")}
+        self.handler = _HANDLERS[table](server_options, list(columns))
 
     @property
     def rowid_column(self) -> str:

@@ -1,13 +1,18 @@
 """The per-backend model cache in front of pgml.model_versions and pgml.model_estimators.
 
-Versions are immutable, so a loaded model is kept by its id. What changes is which version a *name*
-answers with: names are resolved through pgml.deployed_models and kept until a notification on
-``pgml_models`` says a deployment changed (checking costs one non-blocking look at a socket).
+Every version has a uid that no other model ever gets, so a loaded model is kept by its uid for as
+long as the backend likes: it can never stand for another model. What a *name* or an id stands for
+is decided in the caller's snapshot:
 
-The wrapper's connection cannot see the caller's uncommitted work, yet train-then-score in one
-transaction must work. So models trained, and deployments made, by this backend are also kept
-with the id of the transaction that made them, and used while that transaction is in progress;
-once it has ended they are dropped (rolled back) or left to the ordinary path (committed).
+* the scoring functions resolve it in SQL (``pgml._resolve``) and hand over the uid;
+* ``pgml.predictions`` hands over the caller's context (``pgml._context()``): the generation of
+  the model store, which changes with every commit that changed a model or a deployment, and what
+  the caller's own transaction changed and has not committed, already resolved. Names resolved
+  through this backend's connection are kept until the generation changes.
+
+So a savepoint rolled back, a deployment committed through another connection of a pooler, a
+DROP and CREATE EXTENSION or a restore are seen by the very next statement, with no notification
+and no transaction-id bookkeeping.
 """
 from __future__ import annotations
 
@@ -23,87 +28,93 @@ from .model import Model
 
 CACHE_SIZE = 32
 _VERSIONED = re.compile(r"^(.*)_(\d+)$")
+UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_EVERYTHING = "*"  # in a context: the caller's transaction truncated the model tables
+
+
+class Context:
+    """``pgml._context()`` parsed: ``"generation[ ref=uid ...]"``; an empty uid means the ref
+    stands for nothing in the caller's snapshot."""
+
+    def __init__(self, text: str) -> None:
+        generation, *changed = text.split(" ")
+        self.generation = generation
+        self.changed: Dict[str, str] = dict(item.partition("=")[::2] for item in changed)
 
 
 class ModelStore:
-    """Finds models by name or id for predictions, caching them per backend."""
+    """Finds models by uid, name or id for predictions, caching them per backend."""
 
     def __init__(self, server: ServerConnection) -> None:
         self.server = server
-        self._names: Dict[str, str] = {}
-        self._models: "OrderedDict[str, Model]" = OrderedDict()
-        # Made by this backend in a transaction not yet known to have ended: id -> (model, txid),
-        # name -> (id, txid).
-        self._trained: Dict[str, Tuple[Union[bytes, Model], int]] = {}
-        self._deployed: Dict[str, Tuple[str, int]] = {}
+        self._context: Tuple[str, Optional[Context]] = ("", None)
+        self._generation = ""
+        self._names: Dict[str, str] = {}  # ref -> uid, valid in self._generation
+        # By uid: pickled (trained here, loaded only if scored) or loaded.
+        self._models: "OrderedDict[str, Union[bytes, Model]]" = OrderedDict()
 
-    def remember_trained(self, model_id: str, pickled: bytes, txid: int) -> None:
-        """A model this backend just trained, in transaction txid (pickled: it is loaded only if
-        this transaction scores it before committing)."""
-        self._trained[model_id] = (pickled, txid)
+    def remember_trained(self, uid: str, pickled: bytes) -> None:
+        """A model this backend just trained: its transaction may score it before committing,
+        when no other connection can read it yet. Kept like any other (if the transaction rolls
+        back, its uid is never handed over again)."""
+        self._remember(uid, pickled)
 
-    def note_deployment(self, name: str, model_id: str, txid: int) -> None:
-        """A deployment this backend just made, in transaction txid: this session's own next
-        queries use it at once, without waiting for the notification that follows the commit."""
-        self._deployed[name] = (model_id, txid)
-        self._names.pop(name, None)
-
-    def get(self, ref: str) -> Model:
-        """The model a name (its deployed version) or an id (name_version) stands for."""
-        if self.server.changed():
-            self._names.clear()
-            self._models.clear()
-        model_id = self._resolve(ref)
-        model = self._load(model_id, ref)
-        if ref not in self._trained and ref not in self._deployed:
-            # Remembered until a deployment changes, like a name: an id must not cost a lookup
-            # of a deployed model of that name at every prediction.
-            self._names[ref] = model_id
-        return model
-
-    def _in_progress(self, txid: int) -> Optional[bool]:
-        """True while txid runs, False once it committed, None if it rolled back."""
-        status = self.server.fetch("SELECT txid_status(%s)", (txid,))[0][0]
-        return True if status == "in progress" else (False if status == "committed" else None)
-
-    def _resolve(self, ref: str) -> str:
-        if ref in self._trained:
-            return ref  # an id this backend trained: no lookup that could wait on the caller's locks
-        if ref in self._deployed:
-            model_id, txid = self._deployed[ref]
-            if self._in_progress(txid):
-                return model_id
-            del self._deployed[ref]
-        if ref in self._names:
-            return self._names[ref]
-        rows = self.server.fetch("SELECT id FROM pgml.deployed_models WHERE name = %s", (ref,))
-        return rows[0][0] if rows else ref  # else an id, or nothing: _load tells
-
-    def _load(self, model_id: str, ref: str) -> Model:
-        if model_id in self._trained:
-            model, txid = self._trained[model_id]
-            if isinstance(model, bytes):
-                model = pickle.loads(model)
-                self._trained[model_id] = (model, txid)
-            state = self._in_progress(txid)
-            if state:
-                return model
-            del self._trained[model_id]
-            if state is False:
-                self._remember(model)
-                return model
-        if model_id in self._models:
-            self._models.move_to_end(model_id)
-            return self._models[model_id]
-        rows = self.server.fetch("SELECT estimator FROM pgml.model_estimators WHERE model_id = %s", (model_id,))
-        if not rows:
+    def get(self, ref: str, context: Optional[str]) -> Model:
+        """The model ``ref`` stands for: a uid, or a name (its deployed version) or an id
+        (name_version) resolved in ``context`` (the caller's ``pgml._context()``)."""
+        if UID.match(ref):
+            return self._load(ref, ref)
+        if context is None:
+            raise PgmlError("pgml.predictions was called without its context",
+                            hint="Query the view pgml.predictions, not the internal table pgml._predictions.",
+                            sqlstate=errors.INVALID_PARAMETER_VALUE)
+        seen = self._parse(context)
+        if ref in seen.changed or _EVERYTHING in seen.changed:
+            uid = seen.changed.get(ref, "")  # changed by the caller's own transaction, resolved as it sees it
+        else:
+            if seen.generation != self._generation:
+                self._names.clear()
+                self._generation = seen.generation
+            uid = self._names.get(ref) or self._resolve(ref, seen.generation)
+        if not uid:
             raise _unknown(ref)
-        model = pickle.loads(bytes(rows[0][0]))
-        self._remember(model)
+        return self._load(uid, ref)
+
+    def _parse(self, context: str) -> Context:
+        if self._context[0] != context:  # the same text at almost every call
+            self._context = (context, Context(context))
+        parsed = self._context[1]
+        assert parsed is not None
+        return parsed
+
+    def _resolve(self, ref: str, generation: str) -> str:
+        """The uid of ``ref`` as committed now, kept if the store's generation is the caller's."""
+        (uid, now), = self.server.fetch(
+            "SELECT pgml._find(%s), (SELECT generation::text FROM pgml._generation ORDER BY id DESC LIMIT 1)", (ref,))
+        if uid is not None and now == generation:
+            self._names[ref] = uid
+        return uid or ""
+
+    def _load(self, uid: str, ref: str) -> Model:
+        model = self._models.get(uid)
+        if model is None:
+            rows = self.server.fetch(
+                "SELECT e.estimator FROM pgml.model_versions m JOIN pgml.model_estimators e ON e.model_id = m.id "
+                "WHERE m.uid = %s", (uid,))
+            if not rows:
+                # Resolved in the caller's snapshot, yet not committed: made by another session of
+                # this transaction's own (a restore, an INSERT), which this connection cannot see.
+                raise PgmlError(f'model "{ref}" is not committed yet', sqlstate=errors.UNDEFINED_OBJECT,
+                                hint="Commit the transaction that stored it, then predict.")
+            model = bytes(rows[0][0])
+        if isinstance(model, bytes):
+            model = pickle.loads(model)
+        self._remember(uid, model)
         return model
 
-    def _remember(self, model: Model) -> None:
-        self._models[model.model_id] = model
+    def _remember(self, uid: str, model: Union[bytes, Model]) -> None:
+        self._models[uid] = model
+        self._models.move_to_end(uid)
         while len(self._models) > CACHE_SIZE:
             self._models.popitem(last=False)
 

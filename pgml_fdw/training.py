@@ -20,7 +20,7 @@ import numpy as np
 
 from . import algorithms, errors, importance, isolation, metrics, search
 from .columns import FeatureColumn
-from .connection import ServerConnection
+from .connection import ServerConnection, stop_backends
 from .errors import PgmlError
 from .jsonsafe import json_safe
 from .loading import estimated_rows, feature_columns, read_training_data
@@ -415,7 +415,7 @@ class TrainedRun:
     peak_memory: int  # bytes the worker used at most, beyond what it shared with the backend
 
 
-def run(options: TrainingOptions, server: ServerConnection, dsn: str, memory_limit: int = 0) -> TrainedRun:
+def run(options: TrainingOptions, dsn: str, memory_limit: int = 0) -> TrainedRun:
     """Reads the relation as the training user and trains on it, in a worker process of its own
     (:mod:`isolation`) that may use at most ``memory_limit`` bytes (pgml.training_memory; 0 for
     the default) and that a cancel, a statement timeout or a termination stops at once.
@@ -425,7 +425,7 @@ def run(options: TrainingOptions, server: ServerConnection, dsn: str, memory_lim
     """
     budget = training_budget(memory_limit)
     return isolation.run(_train_in_worker, options, dsn, budget, memory_limit=budget,
-                         on_abandon=server.terminate)
+                         on_abandon=stop_backends)
 
 
 def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> TrainedRun:

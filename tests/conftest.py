@@ -52,6 +52,13 @@ class Session:
             self.conn.rollback()
         return caught.value
 
+    def error_in_transaction(self, query: str, params: Sequence[Any] = ()) -> psycopg2.Error:
+        """The error a statement raises, leaving the failed transaction to the caller (to roll
+        back to a savepoint)."""
+        with pytest.raises(psycopg2.Error) as caught:
+            self.run(query, params)
+        return caught.value
+
     def pid(self) -> int:
         return self.one("SELECT pg_backend_pid()")
 
@@ -104,9 +111,9 @@ def db(database: None) -> Iterator[Session]:
 @pytest.fixture
 def name(db: Session) -> Iterator[str]:
     """A model name of the test's own; its versions are removed afterwards."""
-    model = f"m{os.getpid()}_{next(_counter)}"
+    model = f"m{os.getpid()}n{next(_counter)}"
     yield model
-    db.run("DELETE FROM pgml.model_versions WHERE name = %s", (model,))
+    db.run("DELETE FROM pgml.model_names WHERE name = %s", (model,))
 
 
 def make_table(db: Session, table: str, columns: str, rows: Sequence[Sequence[Any]]) -> str:

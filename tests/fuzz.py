@@ -783,7 +783,7 @@ class Generator:
         table = rng.choice(["pgml.training_runs", "pgml.training_runs (relation, y_column)", "pgml._training_runs",
                             "pgml._training_runs (relation, y_column, token)", "pgml._predictions",
                             "pgml._predictions (model, features)", "pgml.algorithms", "pgml._trained_estimators",
-                            "pgml._model_cache", "pgml.predictions", "pgml.models"])
+                            "pgml.predictions", "pgml.models"])
         fmt = rng.choice(["", "", " WITH (FORMAT csv)", " WITH (FORMAT csv, HEADER true)", " WITH (FORMAT binary)",
                           " WITH (FORMAT text, DELIMITER ',')"])
         data: Union[str, bytes]
@@ -932,7 +932,7 @@ class Generator:
         elif option == "task":
             request["task"] = rng.choice(["regression", "classification", "Regression", "bogus", "", " regression"])
         elif option == "name":
-            request["name"] = rng.choice(["1abc", "a b", "x" * 61, "x" * 60, "", "模型", "a'b", "fz_lin", "fz_cls",
+            request["name"] = rng.choice(["1abc", "a b", "x" * 61, "x" * 60, "", "模型", "a'b", "fzt_shared", "fzt_shared_2",
                                           "fzt_" + "9" * 50, "_", "A", "fzt-1", "fzt_1_2", "pgml"])
         elif option == "hyperparams":
             request["hyperparams"] = self.hyperparams(rng, request["algorithm"] or "linear", request["task"] or task)
@@ -1045,10 +1045,9 @@ class Generator:
 
     def _writes(self, rng: random.Random, index: int, role: str) -> Tuple[List[Step], List[str]]:
         """Direct writes to the wrapper's tables: refused, whoever asks."""
-        table = rng.choice(["pgml._training_runs", "pgml._predictions", "pgml.algorithms", "pgml._trained_estimators",
-                            "pgml._model_cache"])
+        table = rng.choice(["pgml._training_runs", "pgml._predictions", "pgml.algorithms", "pgml._trained_estimators"])
         column = {"pgml._training_runs": "relation", "pgml._predictions": "model", "pgml.algorithms": "name",
-                  "pgml._trained_estimators": "token", "pgml._model_cache": "name"}[table]
+                  "pgml._trained_estimators": "token"}[table]
         value = rng.choice(["fz_num", "fz_lin", "", None, "x" * 1000])
         sql, params = rng.choice([
             (f"INSERT INTO {table} ({column}) VALUES (%s)", (value,)),
@@ -1085,8 +1084,6 @@ class Generator:
              (ref, self.relation_ref(rng, ref))),
             ("SELECT * FROM pgml._trained_estimators WHERE token = %s", (rng.choice(["", "1:x", None, "x" * 500]),)),
             ("SELECT * FROM pgml._trained_estimators", None),
-            ("SELECT * FROM pgml._model_cache", None),
-            ("SELECT * FROM pgml._model_cache WHERE name = %s", (ref,)),
             ("SELECT * FROM pgml._training_runs", None),
             ("SELECT * FROM pgml._training_runs WHERE relation = %s", (rng.choice(["fz_num", None]),)),
             ("SELECT * FROM pgml.algorithms WHERE name = %s AND task = %s",

@@ -270,8 +270,7 @@ def test_an_unknown_model_is_42704_in_every_form(db: Session, models: None) -> N
 # 2. COPY into every foreign table.
 # --------------------------------------------------------------------------------------------------
 
-FOREIGN_TABLES = ["pgml._training_runs", "pgml._predictions", "pgml.algorithms", "pgml._trained_estimators",
-                  "pgml._model_cache"]
+FOREIGN_TABLES = ["pgml._training_runs", "pgml._predictions", "pgml.algorithms", "pgml._trained_estimators"]
 
 
 def _copy(session: Session, statement: str, data: str) -> None:

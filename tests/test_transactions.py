@@ -85,6 +85,9 @@ def test_first_statements_after_create_extension(name: str, database: None) -> N
             conn = psycopg2.connect(dsn("pgml_fresh"))
             conn.autocommit = autocommit
             with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass('pgml.model_names') IS NOT NULL")
+                if cur.fetchone()[0]:
+                    cur.execute("TRUNCATE pgml.model_names CASCADE")  # DROP EXTENSION keeps models otherwise
                 cur.execute("DROP EXTENSION IF EXISTS pgml_fdw")
                 if not autocommit:
                     conn.commit()  # the drop; the extension is made anew inside the transaction
