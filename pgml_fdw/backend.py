@@ -4,9 +4,11 @@ Multicorn offers no SPI, and a scan cannot run SQL in the caller's session, yet 
 know which database it serves (to connect back to it, wherever it is: renamed, copied from a
 template, a hot standby) and which role it is working for (to read a relation with that role's
 privileges, after ``SET ROLE`` too). The postgres executable exports these for extensions; the
-functions called here look up catalogs that every backend has cached and report a missing entry
-by returning NULL (``noerr``/``missing_ok``), so none of them raises a PostgreSQL error across
-Python's frames.
+functions called here report a missing entry by returning NULL (``noerr``/``missing_ok``). Those
+that read a catalog could still fail on a cache miss, and an error there would jump over Python's
+frames: the database's name is read once per backend (a connected database cannot be renamed),
+and the current role's name while the statement that needs it has just checked that role's
+privileges through the same cache.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class _Server:
 
 
 _server: Optional[_Server] = None
+_database: Optional[str] = None
 
 
 def _the_server() -> _Server:
@@ -55,11 +58,12 @@ def _text(value: Optional[bytes], what: str) -> str:
 
 
 def database_name() -> str:
-    """The name of the database this backend is connected to, as it is now (a database can be
-    renamed while connections to it stay open only by a superuser's ALTER DATABASE from another
-    database: read it at each use)."""
-    server = _the_server()
-    return _text(server.get_database_name(server.database_id.value), "the name of this database")
+    """The name of the database this backend is connected to."""
+    global _database
+    if _database is None:
+        server = _the_server()
+        _database = _text(server.get_database_name(server.database_id.value), "the name of this database")
+    return _database
 
 
 def current_user() -> str:

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import psycopg2
 
 from .columns import FeatureColumn
-from .connection import ServerConnection, stop_backends
+from .connection import ServerConnection
 from . import backend, errors, isolation
 from .errors import PgmlError
 from .loading import INTEGER, TEXT, feature_field, read_columns, relation_columns
@@ -59,7 +59,7 @@ def score_relation(server: ServerConnection, dsn: str, model: Model, relation: s
     fields = _fields(server, model, rows[0][0], key_column)
     # Read with the privileges of the role the statement runs as (current_user, after SET ROLE too).
     return isolation.run(_score_in_worker, dsn, backend.current_user(), rows[0][0], model, fields,
-                         key_column is not None, memory_limit=training_budget(0), on_abandon=stop_backends,
+                         key_column is not None, memory_limit=training_budget(0), on_abandon=server.terminate,
                          task="batch scoring")
 
 

@@ -11,8 +11,6 @@ models through psycopg2 connections to the same server (:func:`loopback_dsn`).
 """
 from __future__ import annotations
 
-import os
-import signal
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -89,6 +87,17 @@ class ServerConnection:
                     raise
         raise AssertionError("unreachable")
 
+    def terminate(self, pids: List[int]) -> None:
+        """Ends the given backends of a worker process's connections, abandoned (killing the worker
+        does not stop a query its backend is running); they are this connection's role's own. By
+        name too: a pid that ended may have been reused by someone else's session."""
+        if pids:
+            try:
+                self.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s) "
+                           "AND application_name = %s", (list(pids), WORKER_APPLICATION))
+            finally:
+                self.close()
+
     def close(self) -> None:
         """Ends the connection, if open: a backend keeps none between statements."""
         if self._conn is not None:
@@ -121,22 +130,6 @@ def loopback_dsn(options: Mapping[str, str], user_option: str) -> str:
     if options.get(user_option):
         params["user"] = options[user_option]
     return psycopg2.extensions.make_dsn(**params)
-
-
-def stop_backends(pids: List[int]) -> None:
-    """Ends the given backends: a worker process's loopback connections, abandoned (killing the
-    worker does not stop a query its backend is running). SIGTERM is what pg_terminate_backend
-    sends; only this server's backends, siblings of this one, are signalled, so a pid that ended
-    and was reused by another program is left alone."""
-    postmaster = os.getppid()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            if parent == postmaster:
-                os.kill(pid, signal.SIGTERM)
-        except (OSError, ValueError, IndexError):
-            pass  # gone already
 
 
 @contextmanager

@@ -37,20 +37,37 @@ _DEFAULT_BATCH_ROWS = 100_000
 class _Services:
     """What the wrapper's tables share in a backend: the connection that loads models (as the
     server's serve_user), the one that reads users' relations as them (read_user), and the model
-    store."""
+    store. Made on first use, inside a scan or an insert, whose errors are handed back as rows."""
 
     def __init__(self, options: Dict[str, str]) -> None:
-        from .store import ModelStore
+        self.options = options
+        self._made: Optional[Tuple[ServerConnection, ServerConnection, Any]] = None
 
-        self.serving = ServerConnection(loopback_dsn(options, "serve_user"))
-        self.read_dsn = loopback_dsn(options, "read_user")
-        self.reading = ServerConnection(self.read_dsn)
-        self.store = ModelStore(self.serving)
+    def _make(self) -> Tuple[ServerConnection, ServerConnection, Any]:
+        if self._made is None:
+            from .store import ModelStore
+
+            serving = ServerConnection(loopback_dsn(self.options, "serve_user"))
+            self._made = (serving, ServerConnection(loopback_dsn(self.options, "read_user")), ModelStore(serving))
+        return self._made
+
+    @property
+    def reading(self) -> ServerConnection:
+        return self._make()[1]
+
+    @property
+    def read_dsn(self) -> str:
+        return self.reading.dsn
+
+    @property
+    def store(self) -> Any:
+        return self._make()[2]
 
     def close(self) -> None:
         """The statement's work is done: a backend keeps no connection between statements."""
-        self.serving.close()
-        self.reading.close()
+        if self._made is not None:
+            self._made[0].close()
+            self._made[1].close()
 
 
 def _services(options: Dict[str, str]) -> _Services:
@@ -144,7 +161,8 @@ class TrainingRuns(_Table):
 
         options = TrainingOptions.from_row(values)
         token = values["token"]  # the new version's uid (0.1.0: "txid:uuid")
-        result = run(options, self.services.read_dsn, memory_limit=int(values.get("memory_limit") or 0))
+        result = run(options, self.services.read_dsn, self.services.reading.terminate,
+                     memory_limit=int(values.get("memory_limit") or 0))
         _PENDING.clear()  # anything left was trained by a statement that failed after training
         _PENDING[token] = (result.model, result.details)
         self.services.store.remember_trained(token.rpartition(":")[2], result.model)

@@ -5,7 +5,7 @@ long as the backend likes: it can never stand for another model. What a *name* o
 is decided in the caller's snapshot:
 
 * the scoring functions resolve it in SQL (``pgml._resolve``) and hand over the uid;
-* ``pgml.predictions`` hands over the caller's context (``pgml._context()``): the generation of
+* ``pgml.predictions`` hands over the caller's context (the view's ``WHERE context = ...``): the generation of
   the model store, which changes with every commit that changed a model or a deployment, and what
   the caller's own transaction changed and has not committed, already resolved. Names resolved
   through this backend's connection are kept until the generation changes.
@@ -30,10 +30,11 @@ CACHE_SIZE = 32
 _VERSIONED = re.compile(r"^(.*)_(\d+)$")
 UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _EVERYTHING = "*"  # in a context: the caller's transaction truncated the model tables
+_TOO_MANY = "!"    # in a context: the caller's transaction changed more models than it lists
 
 
 class Context:
-    """``pgml._context()`` parsed: ``"generation[ ref=uid ...]"``; an empty uid means the ref
+    """The context pgml.predictions hands over, parsed: ``"generation[ ref=uid ...]"``; an empty uid means the ref
     stands for nothing in the caller's snapshot."""
 
     def __init__(self, text: str) -> None:
@@ -61,7 +62,7 @@ class ModelStore:
 
     def get(self, ref: str, context: Optional[str]) -> Model:
         """The model ``ref`` stands for: a uid, or a name (its deployed version) or an id
-        (name_version) resolved in ``context`` (the caller's ``pgml._context()``)."""
+        (name_version) resolved in ``context`` (the caller's context, from the view pgml.predictions)."""
         if UID.match(ref):
             return self._load(ref, ref)
         if context is None:
@@ -69,6 +70,10 @@ class ModelStore:
                             hint="Query the view pgml.predictions, not the internal table pgml._predictions.",
                             sqlstate=errors.INVALID_PARAMETER_VALUE)
         seen = self._parse(context)
+        if _TOO_MANY in seen.changed and ref not in seen.changed:
+            raise PgmlError("this transaction changed too many models for pgml.predictions to tell what it sees",
+                            hint="Commit first, or predict with pgml.score() or pgml.prediction(), which resolve the "
+                            "model in SQL.", sqlstate=errors.INVALID_PARAMETER)
         if ref in seen.changed or _EVERYTHING in seen.changed:
             uid = seen.changed.get(ref, "")  # changed by the caller's own transaction, resolved as it sees it
         else:

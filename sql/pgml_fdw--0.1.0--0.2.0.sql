@@ -33,9 +33,20 @@ BEGIN
         CREATE ROLE pgml_fdw LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
     END IF;
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO pgml_fdw', current_database());
-    -- 0.1.0 wrote the database, port, socket and user into dsn once, at CREATE EXTENSION.
-    EXECUTE format('ALTER SERVER pgml OPTIONS (DROP dsn, ADD serve_user %L, ADD read_user %L)',
-                   'pgml_fdw', current_user);
+    EXECUTE format('ALTER SERVER pgml OPTIONS (ADD serve_user %L, ADD read_user %L)', 'pgml_fdw', current_user);
+    -- 0.1.0 wrote the database, port, socket and user into dsn once, at CREATE EXTENSION: that dsn
+    -- goes. One an administrator changed is kept, and still overrides what the wrapper finds.
+    IF (SELECT option_value FROM pg_options_to_table((SELECT srvoptions FROM pg_foreign_server WHERE srvname = 'pgml'))
+        WHERE option_name = 'dsn')
+       = (SELECT format('host=%s port=%s dbname=%s user=%s application_name=pgml_fdw',
+                        coalesce(nullif(trim(split_part(current_setting('unix_socket_directories'), ',', 1)), ''), 'localhost'),
+                        current_setting('port'), quote_ident(current_database()), quote_ident(r.rolname))
+          FROM pg_extension e JOIN pg_roles r ON r.oid = e.extowner WHERE e.extname = 'pgml_fdw') THEN
+        ALTER SERVER pgml OPTIONS (DROP dsn);
+    ELSE
+        RAISE WARNING 'the foreign server pgml keeps its dsn option, which overrides the database, port and role the wrapper would use'
+            USING HINT = 'Keep only the settings you need in it (e.g. passfile=...), or drop it: ALTER SERVER pgml OPTIONS (DROP dsn).';
+    END IF;
 END
 $$;
 
@@ -52,6 +63,17 @@ COMMENT ON TABLE pgml.model_names IS 'Every model name, its owner and the versio
 INSERT INTO pgml.model_names (name, owner, versions, created_at)
 SELECT DISTINCT ON (name) name, trained_by, max(version) OVER (PARTITION BY name), trained_at
 FROM pgml.model_versions ORDER BY name, version;
+DO $$
+DECLARE
+    ambiguous text := (SELECT string_agg(name, ', ') FROM pgml.model_names WHERE name ~ '_[0-9]+$');
+BEGIN
+    IF ambiguous IS NOT NULL THEN
+        RAISE WARNING 'model names that end like a version id: %', ambiguous
+            USING DETAIL = 'New names may not; these still answer by name first, before the version of that id.',
+                  HINT = 'Retrain them under names that do not end in _ and digits, and delete these.';
+    END IF;
+END
+$$;
 SELECT pg_catalog.pg_extension_config_dump('pgml.model_names', '');
 
 ALTER TABLE pgml.model_versions
@@ -85,7 +107,14 @@ BEGIN
                                 pgml._owner(NEW.name), current_user);
     END IF;
     IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        -- Only the name, version and strategy are the inserter's to choose.
+        NEW.id := nextval('pgml.deployments_id_seq');
         NEW.deployed_by := current_user;
+        NEW.deployed_at := now();
+        IF NEW.strategy NOT IN ('best_score', 'most_recent', 'rollback', 'version') THEN
+            RAISE EXCEPTION 'unknown deployment strategy "%"', NEW.strategy
+                USING ERRCODE = '22023', HINT = 'Deploy with pgml.deploy(name, version) or pgml.deploy(name, strategy).';
+        END IF;
     END IF;
     RETURN NEW;
 END
@@ -97,54 +126,75 @@ GRANT USAGE ON SEQUENCE pgml.deployments_id_seq TO PUBLIC;
 
 -------------------------------------------------------------------------------------------------------
 -- Serving exactly the committed state. A backend caches models by uid (immutable) and names by
--- what they resolved to. Each query over pgml.predictions hands the wrapper pgml._context(), read
--- in the caller's snapshot: the generation of the model store (a new one is written by every
--- commit that changed a model or a deployment: the cached names go) and the names and ids the
--- caller's own transaction changed and has not committed, resolved as it sees them. Those are
--- noted in the transaction-local setting pgml.changed, which a rolled-back savepoint takes back
--- with its changes; nothing is written (or read back) in a table, so no serializable transaction
--- can conflict on them.
+-- what they resolved to. Each query over pgml.predictions hands the wrapper its context
+-- (pgml._context()), read in the caller's snapshot: the generation of the model store (a new one
+-- is written by every commit that changed a model or a deployment: the cached names go) and the
+-- names and ids the caller's own transaction changed and has not committed, resolved as it sees
+-- them. Those are noted in the transaction-local setting pgml.changed, which a rolled-back
+-- savepoint takes back with its changes: nothing is written or read back in a table, so no
+-- serializable transaction can conflict on them.
 -------------------------------------------------------------------------------------------------------
 -- The newest row is the current generation. Rows are only ever added, at commit, under a lock
--- taken only then: transactions that changed models queue for microseconds as they commit, never
--- for their whole length, and generations follow commit order (a backend that sees one has seen
--- every commit before it). Nothing is read, so serializable transactions never conflict here.
+-- taken only then: transactions that changed models queue for microseconds as they commit, and
+-- generations follow commit order (a backend that sees one has seen every commit before it).
 CREATE TABLE pgml._generation (
     id           bigserial PRIMARY KEY,
     generation   uuid NOT NULL DEFAULT gen_random_uuid()
 );
 INSERT INTO pgml._generation DEFAULT VALUES;
 
+-- Writes this transaction's generation, once (pgml.published holds the transaction's id: a value
+-- set by hand, or left by another transaction, does not count).
 CREATE FUNCTION pgml._publish() RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '10s' AS $$
 BEGIN
-    IF current_setting('pgml.published', true) IS DISTINCT FROM 'yes' THEN
-        LOCK TABLE pgml._generation IN EXCLUSIVE MODE;  -- readers are not blocked
+    IF current_setting('pgml.published', true) IS DISTINCT FROM txid_current()::text THEN
+        BEGIN
+            LOCK TABLE pgml._generation IN EXCLUSIVE MODE;  -- readers are not blocked
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE EXCEPTION 'cannot publish this change to models: another transaction that changed models holds the lock'
+                USING ERRCODE = '55P03',
+                      HINT = 'A transaction that ran SET CONSTRAINTS ALL IMMEDIATE, or a prepared transaction, after changing models '
+                             'holds it until it ends: see pg_locks for pgml._generation. Then retry.';
+        END;
         INSERT INTO pgml._generation DEFAULT VALUES;
-        PERFORM set_config('pgml.published', 'yes', true);
+        PERFORM set_config('pgml.published', txid_current()::text, true);
     END IF;
 END
 $$;
 
--- After each change: note the name or id for this transaction's own queries ('*': all of them).
+-- After each change: note the name or id for this transaction's own queries: "txid ref ref ..."
+-- ('*': the tables were truncated; '!': too many to list).
 CREATE FUNCTION pgml._note_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     changed jsonb := to_jsonb(CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END);
-    refs text := CASE WHEN TG_OP = 'TRUNCATE' THEN '*'
-                      WHEN TG_TABLE_NAME = 'model_versions' THEN (changed ->> 'id') || ' ' || (changed ->> 'name')
-                      ELSE changed ->> 'name' END;
+    noted text := current_setting('pgml.changed', true);
+    ref text;
 BEGIN
-    PERFORM set_config('pgml.changed', concat_ws(' ', nullif(current_setting('pgml.changed', true), ''), refs), true);
+    IF split_part(coalesce(noted, ''), ' ', 1) IS DISTINCT FROM txid_current()::text THEN
+        noted := txid_current()::text;  -- empty, or left by a session-level SET
+    END IF;
+    FOREACH ref IN ARRAY CASE WHEN TG_OP = 'TRUNCATE' THEN ARRAY['*']
+                              WHEN TG_TABLE_NAME = 'model_versions' THEN ARRAY[changed ->> 'id', changed ->> 'name']
+                              ELSE ARRAY[changed ->> 'name'] END LOOP
+        IF length(noted) > 20000 THEN
+            ref := '!';
+        END IF;
+        IF position(' ' || ref || ' ' IN noted || ' ') = 0 THEN
+            noted := noted || ' ' || ref;
+        END IF;
+    END LOOP;
+    PERFORM set_config('pgml.changed', noted, true);
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM pgml._publish();  -- TRUNCATE locks the tables until commit anyway
     END IF;
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER note_change AFTER INSERT OR DELETE ON pgml.model_versions
+CREATE TRIGGER note_change AFTER INSERT OR UPDATE OR DELETE ON pgml.model_versions
     FOR EACH ROW EXECUTE FUNCTION pgml._note_change();
-CREATE TRIGGER note_change AFTER INSERT OR DELETE ON pgml.deployments
+CREATE TRIGGER note_change AFTER INSERT OR UPDATE OR DELETE ON pgml.deployments
     FOR EACH ROW EXECUTE FUNCTION pgml._note_change();
 CREATE TRIGGER note_truncate AFTER TRUNCATE ON pgml.model_versions
     FOR EACH STATEMENT EXECUTE FUNCTION pgml._note_change();
@@ -159,34 +209,56 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE CONSTRAINT TRIGGER publish_changes AFTER INSERT OR DELETE ON pgml.model_versions
+CREATE CONSTRAINT TRIGGER publish_changes AFTER INSERT OR UPDATE OR DELETE ON pgml.model_versions
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgml._publish_changes();
-CREATE CONSTRAINT TRIGGER publish_changes AFTER INSERT OR DELETE ON pgml.deployments
+CREATE CONSTRAINT TRIGGER publish_changes AFTER INSERT OR UPDATE OR DELETE ON pgml.deployments
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgml._publish_changes();
+-- Also where changes arrive by logical replication (session_replication_role = replica).
+ALTER TABLE pgml.model_versions ENABLE ALWAYS TRIGGER note_change, ENABLE ALWAYS TRIGGER publish_changes,
+                                ENABLE ALWAYS TRIGGER note_truncate;
+ALTER TABLE pgml.deployments ENABLE ALWAYS TRIGGER note_change, ENABLE ALWAYS TRIGGER publish_changes,
+                             ENABLE ALWAYS TRIGGER note_truncate;
 
--- The uid a model name (its deployed version) or id stands for, in the caller's snapshot; NULL if none.
+-- The uid a model name (its deployed version) or id stands for, in the caller's snapshot; NULL if
+-- none. PL/pgSQL, so that its plans are kept for the session: it runs for every prediction.
 CREATE FUNCTION pgml._find(model text) RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(
-        (SELECT m.uid::text FROM pgml.deployments d
-           JOIN pgml.model_versions m ON m.name = d.name AND m.version = d.version
-          WHERE d.name = model ORDER BY d.id DESC LIMIT 1),
-        (SELECT m.uid::text FROM pgml.model_versions m WHERE m.id = model))
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found text;
+BEGIN
+    SELECT m.uid::text INTO found FROM pgml.deployments d
+      JOIN pgml.model_versions m ON m.name = d.name AND m.version = d.version
+     WHERE d.name = model ORDER BY d.id DESC LIMIT 1;
+    IF found IS NULL THEN
+        SELECT m.uid::text INTO found FROM pgml.model_versions m WHERE m.id = model;
+    END IF;
+    RETURN found;
+END
 $$;
 
--- What pgml.predictions hands the wrapper: "generation[ ref=uid ...]". Whatever pgml.changed
--- holds is only resolved here, in the caller's snapshot: setting it by hand changes no answer.
+-- What pgml.predictions hands the wrapper: "generation[ ref=uid ...]", the refs being the names and
+-- ids this transaction changed (pgml.changed), resolved in its snapshot: setting pgml.changed by
+-- hand changes no answer. PL/pgSQL, so that PostgreSQL never inlines it into the query: a plain
+-- EXPLAIN must be able to run it (Multicorn evaluates the scan's conditions even then).
 CREATE FUNCTION pgml._context() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (SELECT g.generation::text FROM pgml._generation g ORDER BY g.id DESC LIMIT 1)
-           || coalesce((SELECT ' ' || string_agg(c.ref || '=' || coalesce(pgml._find(c.ref), ''), ' ')
-                        FROM (SELECT DISTINCT ref FROM regexp_split_to_table(current_setting('pgml.changed', true), ' ') ref
-                              WHERE ref <> '') c), '')
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    current text := (SELECT g.generation::text FROM pgml._generation g ORDER BY g.id DESC LIMIT 1);
+    noted text := current_setting('pgml.changed', true);
+BEGIN
+    IF noted IS NULL OR noted = '' OR split_part(noted, ' ', 1) IS DISTINCT FROM txid_current_if_assigned()::text THEN
+        RETURN current;
+    END IF;
+    RETURN current || coalesce((
+        SELECT ' ' || string_agg(r.ref || '=' || coalesce(pgml._find(r.ref), ''), ' ')
+        FROM regexp_split_to_table(noted, ' ') WITH ORDINALITY AS r(ref, n)
+        WHERE r.n > 1 AND r.ref ~ '^([A-Za-z_][A-Za-z0-9_.]*|[*!])$'), '');
+END
 $$;
 
 -- As pgml._find, or raises: what the scoring functions pass to pgml.predictions.
 CREATE OR REPLACE FUNCTION pgml._resolve(model text) RETURNS text
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     found text := pgml._find(model);
 BEGIN
@@ -264,6 +336,13 @@ BEGIN
             RAISE EXCEPTION 'invalid model name "%": it ends like a version id (name_version)', NEW.name
                 USING ERRCODE = '22023',
                       HINT = 'Choose a name that does not end in _ and digits: pgml.train(..., name => ''' || NEW.name || '_model'').';
+        END IF;
+        -- schema.view names the schema's model; only those who may create objects in it claim one.
+        IF NEW.name LIKE '%.%' AND NOT coalesce(has_schema_privilege(NEW.trained_by, (SELECT oid FROM pg_namespace
+                                                   WHERE nspname = split_part(NEW.name, '.', 1)), 'CREATE'), false) THEN
+            RAISE EXCEPTION 'permission denied to name a model "%": you may not create objects in schema %',
+                            NEW.name, split_part(NEW.name, '.', 1)
+                USING ERRCODE = '42501', HINT = 'Choose a name without a dot: pgml.train(..., name => ''...'').';
         END IF;
         INSERT INTO pgml.model_names (name, owner) VALUES (NEW.name, NEW.trained_by);
     ELSIF NOT pgml._may_manage(NEW.name, NEW.trained_by) THEN
@@ -459,17 +538,20 @@ ORDER BY m.name, m.version DESC;
 -------------------------------------------------------------------------------------------------------
 -- Keeping models. DROP EXTENSION would drop the model tables with it: refused while they hold a
 -- model. PostgreSQL does not tell an event trigger which extension a DROP names, so the statement's
--- text decides: it is refused when it names pgml_fdw, the schema pgml or multicorn (which pgml_fdw
--- needs, and whose DROP ... CASCADE would take it along), or DROP OWNED names the extension's owner.
+-- text decides: it is refused when it names pgml_fdw or multicorn (which pgml_fdw needs, and whose
+-- DROP ... CASCADE would take it along), the schema of either (pgml; public, for multicorn), or
+-- the owner of their objects (DROP OWNED).
 -------------------------------------------------------------------------------------------------------
 CREATE FUNCTION pgml._keep_models() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     versions bigint;
-    names text := CASE TG_TAG WHEN 'DROP OWNED'
-                      THEN (SELECT r.rolname FROM pg_extension e JOIN pg_roles r ON r.oid = e.extowner
-                            WHERE e.extname = 'pgml_fdw')
-                      ELSE 'pgml_fdw|pgml|multicorn' END;
+    -- What would take the models along: the extensions, their schemas, their owner's objects.
+    names text := (SELECT string_agg(DISTINCT regexp_replace(x, '([^A-Za-z0-9_])', '\\\1', 'g'), '|')
+                   FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+                   JOIN pg_roles r ON r.oid = e.extowner,
+                   LATERAL (VALUES (e.extname), (n.nspname), (CASE WHEN TG_TAG = 'DROP OWNED' THEN r.rolname END)) v(x)
+                   WHERE e.extname IN ('pgml_fdw', 'multicorn') AND x IS NOT NULL);
 BEGIN
     IF current_query() !~* ('\m(' || names || ')\M') THEN
         RETURN;
@@ -493,7 +575,7 @@ CREATE EVENT TRIGGER pgml_fdw_keep_models ON ddl_command_start
 -- callers' queries (pgml._context in pgml.predictions, pgml._resolve in the scoring functions).
 -------------------------------------------------------------------------------------------------------
 GRANT USAGE ON SCHEMA pgml TO pgml_fdw;
-GRANT SELECT ON pgml.model_names, pgml.model_versions, pgml.model_estimators, pgml.deployments,
-                pgml._generation TO pgml_fdw;
+GRANT SELECT ON pgml.model_names, pgml.model_versions, pgml.model_estimators, pgml.deployments TO pgml_fdw;
+GRANT SELECT ON pgml._generation TO PUBLIC;  -- random uuids, read by pgml._context as the caller
 REVOKE ALL ON FUNCTION pgml._note_change(), pgml._publish_changes(), pgml._publish(), pgml._check_deployment(),
     pgml._train(), pgml._keep_models() FROM PUBLIC;

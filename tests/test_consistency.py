@@ -167,3 +167,21 @@ def test_concurrent_serializable_commits_of_model_changes(db: Session, tables: N
     first.close()
     second.close()
     db.run("DELETE FROM pgml.model_names WHERE name = %s", (other,))
+
+
+def test_settings_set_by_hand_change_nothing(db: Session, tables: None, name: str) -> None:
+    """pgml.changed and pgml.published are the extension's transaction-local notes: a session-level
+    SET of them (which a transaction pooler hands to the next client) must not change an answer
+    nor stop a deployment from being seen."""
+    db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,))
+    db.one("SELECT pgml.train('cs_down', 'y', name => %s, deploy => false)", (name,))
+    meddler, reader = Session(), Session()
+    meddler.run("SET pgml.changed = %s", (f"1 * {name}=abc !",))
+    meddler.run("SET pgml.published = 'yes'")
+    assert by_name(meddler, name) == pytest.approx(UP, abs=0.05)
+    assert by_name(reader, name) == pytest.approx(UP, abs=0.05)
+    meddler.one("SELECT pgml.deploy(%s, 2)", (name,))
+    assert by_name(reader, name) == pytest.approx(DOWN, abs=0.05)
+    assert by_name(meddler, name) == pytest.approx(DOWN, abs=0.05)
+    meddler.close()
+    reader.close()

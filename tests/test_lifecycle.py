@@ -92,7 +92,7 @@ def test_drop_extension_refused_while_models_exist(scratch: List[str]) -> None:
     db.one("SELECT pgml.train('line', 'y')")
     for statement in ("DROP EXTENSION pgml_fdw", "DROP EXTENSION pgml_fdw CASCADE",
                       "DROP EXTENSION IF EXISTS multicorn CASCADE", "DROP SCHEMA pgml CASCADE",
-                      "DROP OWNED BY postgres CASCADE"):
+                      "DROP SCHEMA public CASCADE", "DROP OWNED BY postgres CASCADE"):
         error = db.error(statement)
         assert error.pgcode == "2BP01", (statement, error.pgerror)
         assert "would delete the 1 model versions" in error.pgerror

@@ -142,3 +142,31 @@ def test_demo_twice_and_beside_same_named_views(db: Session) -> None:
         assert db.one("SELECT count(*) FROM pgml.model_versions WHERE name = 'my_data'") == run
     assert db.one("SELECT pgml.score('other.my_data', '{\"age\": 10}'::jsonb)") == pytest.approx(20, abs=0.01)
     db.run("DROP SCHEMA other CASCADE")
+
+
+def test_deployment_rows_cannot_be_forged(db: Session, owners) -> None:
+    """INSERT on pgml.deployments is everyone's, for the names they own: the id, time and author
+    are not theirs to choose, so they cannot take the ids the owner's next deployments need."""
+    as_alice, as_mallory, alice, mallory = owners
+    as_mallory.one("SELECT pgml.train('own_fake', 'y', name => 'own_mallorys')")
+    upcoming = db.one("SELECT last_value + 1 FROM pgml.deployments_id_seq")
+    for offset in range(5):
+        as_mallory.run("INSERT INTO pgml.deployments (id, name, version, strategy, deployed_at) "
+                       "VALUES (%s, 'own_mallorys', 1, 'version', '2000-01-01')", (upcoming + 10 + offset,))
+    assert db.one("SELECT count(*) FROM pgml.deployments WHERE deployed_at < '2001-01-01'") == 0
+    assert as_mallory.error("INSERT INTO pgml.deployments (name, version, strategy) "
+                            "VALUES ('own_mallorys', 1, 'auto')").pgcode == "22023"
+    for _ in range(20):
+        as_alice.one("SELECT pgml.deploy('own_victim', 1)")
+    assert as_alice.one("SELECT pgml.train('own_line', 'y', name => 'own_victim')") == "own_victim_2"
+
+
+def test_schema_qualified_names_belong_to_the_schema(db: Session, owners) -> None:
+    _, as_mallory, _, mallory = owners
+    db.run("CREATE SCHEMA IF NOT EXISTS own_theirs")
+    error = as_mallory.error("SELECT pgml.train('own_fake', 'y', name => 'own_theirs.squat')")
+    assert error.pgcode == "42501" and "schema own_theirs" in error.pgerror
+    db.run(f"GRANT CREATE ON SCHEMA own_theirs TO {mallory}")
+    assert as_mallory.one("SELECT pgml.train('own_fake', 'y', name => 'own_theirs.squat')") == "own_theirs.squat_1"
+    db.run("DELETE FROM pgml.model_names WHERE name = 'own_theirs.squat'")
+    db.run("DROP SCHEMA own_theirs CASCADE")
