@@ -426,7 +426,10 @@ def _serve(fd: int, set_up: Callable[[], None], target: Callable[..., Any], args
         return _EXIT_NO_MEMORY
     except BaseException as exc:  # an unpicklable result; nothing was written (pickling comes first)
         message = None
-        _try_send(fd, ("error", _describe(exc)))
+        # Said as such: Python 3.13 reports a local object that cannot be pickled as an AttributeError.
+        failure = pickle.PicklingError(f"the worker's result cannot be pickled: {type(exc).__name__}: {exc}")
+        failure.__cause__ = exc
+        _try_send(fd, ("error", _describe(failure)))
         return _EXIT_FAILED
 
 
