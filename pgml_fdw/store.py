@@ -68,7 +68,7 @@ class ModelStore:
         if context is None:
             raise PgmlError("pgml.predictions was called without its context",
                             hint="Query the view pgml.predictions, not the internal table pgml._predictions.",
-                            sqlstate=errors.INVALID_PARAMETER_VALUE)
+                            sqlstate=errors.INVALID_PARAMETER)
         seen = self._parse(context)
         if _TOO_MANY in seen.changed and ref not in seen.changed:
             raise PgmlError("this transaction changed too many models for pgml.predictions to tell what it sees",

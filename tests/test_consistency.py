@@ -185,3 +185,10 @@ def test_settings_set_by_hand_change_nothing(db: Session, tables: None, name: st
     assert by_name(meddler, name) == pytest.approx(DOWN, abs=0.05)
     meddler.close()
     reader.close()
+
+
+def test_the_internal_table_without_a_context_says_so(db: Session, tables: None, name: str) -> None:
+    db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,))
+    error = db.one("SELECT error FROM pgml._predictions WHERE model = %s AND features = '[2]'", (name,))
+    assert (error["sqlstate"], error["message"]) == ("22023", "pgml.predictions was called without its context")
+    assert "the view pgml.predictions" in error["hint"]
