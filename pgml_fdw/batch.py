@@ -39,7 +39,7 @@ def _fields(server: ServerConnection, model: Model, relation: str,
     return fields
 
 
-def score_relation(server: ServerConnection, dsn: str, model: Model, relation: str,
+def score_relation(server: ServerConnection, model: Model, relation: str,
                    key_column: Optional[str]) -> Tuple[Optional[List[Any]], List[Prediction]]:
     """Every row of the relation's prediction and, if key_column is given, its key (else None).
 
@@ -58,7 +58,7 @@ def score_relation(server: ServerConnection, dsn: str, model: Model, relation: s
                         hint="Name a table or view, schema-qualified unless it is in public.")
     fields = _fields(server, model, rows[0][0], key_column)
     # Read with the privileges of the role the statement runs as (current_user, after SET ROLE too).
-    return isolation.run(_score_in_worker, dsn, backend.current_user(), rows[0][0], model, fields,
+    return isolation.run(_score_in_worker, server.dsn, backend.current_user(), rows[0][0], model, fields,
                          key_column is not None, memory_limit=training_budget(0), on_abandon=server.terminate,
                          task="batch scoring")
 

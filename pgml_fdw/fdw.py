@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from functools import cached_property
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from multicorn import ForeignDataWrapper
@@ -37,37 +38,31 @@ _DEFAULT_BATCH_ROWS = 100_000
 class _Services:
     """What the wrapper's tables share in a backend: the connection that loads models (as the
     server's serve_user), the one that reads users' relations as them (read_user), and the model
-    store. Made on first use, inside a scan or an insert, whose errors are handed back as rows."""
+    store. Each is made on first use, inside a scan or an insert, whose errors are handed back as
+    rows."""
 
     def __init__(self, options: Dict[str, str]) -> None:
         self.options = options
-        self._made: Optional[Tuple[ServerConnection, ServerConnection, Any]] = None
 
-    def _make(self) -> Tuple[ServerConnection, ServerConnection, Any]:
-        if self._made is None:
-            from .store import ModelStore
+    @cached_property
+    def serving(self) -> ServerConnection:
+        return ServerConnection(loopback_dsn(self.options, "serve_user"))
 
-            serving = ServerConnection(loopback_dsn(self.options, "serve_user"))
-            self._made = (serving, ServerConnection(loopback_dsn(self.options, "read_user")), ModelStore(serving))
-        return self._made
-
-    @property
+    @cached_property
     def reading(self) -> ServerConnection:
-        return self._make()[1]
+        return ServerConnection(loopback_dsn(self.options, "read_user"))
 
-    @property
-    def read_dsn(self) -> str:
-        return self.reading.dsn
-
-    @property
+    @cached_property
     def store(self) -> Any:
-        return self._make()[2]
+        from .store import ModelStore
+
+        return ModelStore(self.serving)
 
     def close(self) -> None:
         """The statement's work is done: a backend keeps no connection between statements."""
-        if self._made is not None:
-            self._made[0].close()
-            self._made[1].close()
+        for made in ("serving", "reading"):
+            if made in self.__dict__:  # cached_property keeps what it made there
+                self.__dict__[made].close()
 
 
 def _services(options: Dict[str, str]) -> _Services:
@@ -161,8 +156,7 @@ class TrainingRuns(_Table):
 
         options = TrainingOptions.from_row(values)
         token = values["token"]  # the new version's uid (0.1.0: "txid:uuid")
-        result = run(options, self.services.read_dsn, self.services.reading.terminate,
-                     memory_limit=int(values.get("memory_limit") or 0))
+        result = run(options, self.services.reading, memory_limit=int(values.get("memory_limit") or 0))
         _PENDING.clear()  # anything left was trained by a statement that failed after training
         _PENDING[token] = (result.model, result.details)
         self.services.store.remember_trained(token.rpartition(":")[2], result.model)
@@ -269,8 +263,7 @@ class Predictions(_Table):
         relation, key_column = wanted["relation"], wanted.get("key_column")
         batch = (model.model_id, relation, key_column)
         if batch not in self._batches:
-            keys, predictions = score_relation(self.services.reading, self.services.read_dsn, model, relation,
-                                               key_column)
+            keys, predictions = score_relation(self.services.reading, model, relation, key_column)
             constant = {"model": ref, "relation": relation, "key_column": key_column, "version": model.version,
                         "context": wanted.get("context")}
             self._batches[batch] = list(as_rows(self.column_order, constant, keys, predictions))

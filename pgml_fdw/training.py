@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -415,18 +415,18 @@ class TrainedRun:
     peak_memory: int  # bytes the worker used at most, beyond what it shared with the backend
 
 
-def run(options: TrainingOptions, dsn: str, on_abandon: Callable[[List[int]], None], memory_limit: int = 0) -> TrainedRun:
+def run(options: TrainingOptions, server: ServerConnection, memory_limit: int = 0) -> TrainedRun:
     """Reads the relation as the training user and trains on it, in a worker process of its own
     (:mod:`isolation`) that may use at most ``memory_limit`` bytes (pgml.training_memory; 0 for
-    the default) and that a cancel, a statement timeout or a termination stops at once; the
-    backends of its connections, if it is abandoned, go to ``on_abandon`` to be terminated.
+    the default) and that a cancel, a statement timeout or a termination stops at once. The
+    worker connects with ``server``'s dsn, and ``server`` terminates its backends if it is abandoned.
 
     Raises :class:`isolation.Interrupted` when PostgreSQL asked the backend to stop: the caller
     returns and lets PostgreSQL raise its own error.
     """
     budget = training_budget(memory_limit)
-    return isolation.run(_train_in_worker, options, dsn, budget, memory_limit=budget,
-                         on_abandon=on_abandon)
+    return isolation.run(_train_in_worker, options, server.dsn, budget, memory_limit=budget,
+                         on_abandon=server.terminate)
 
 
 def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> TrainedRun:
