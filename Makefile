@@ -3,7 +3,7 @@ SERVER := local/server.sh
 PYTEST_ARGS ?=
 FUZZ_CASES ?= 20000
 
-.PHONY: up standby down psql demo test bench fuzz
+.PHONY: up standby down psql demo test bench fuzz install uninstall
 
 up:
 	@$(SERVER) up
@@ -30,3 +30,14 @@ bench: up
 
 fuzz: up
 	@$(SERVER) run python3 tests/fuzz.py --cases $(FUZZ_CASES)
+
+# Install the extension's control file and SQL scripts into a PostgreSQL server (PGXS, sql/Makefile):
+#   make install PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+# The Python package goes separately into the Python the server's Multicorn embeds (pip install .).
+PG_CONFIG ?= pg_config
+
+install:
+	$(MAKE) -C sql install PG_CONFIG=$(PG_CONFIG)
+
+uninstall:
+	$(MAKE) -C sql uninstall PG_CONFIG=$(PG_CONFIG)
