@@ -3,7 +3,7 @@ SERVER := local/server.sh
 PYTEST_ARGS ?=
 FUZZ_CASES ?= 20000
 
-.PHONY: up standby down psql demo test bench fuzz install uninstall
+.PHONY: up standby down psql demo test newest bench fuzz install uninstall
 
 up:
 	@$(SERVER) up
@@ -21,9 +21,13 @@ psql: up
 demo: up
 	@$(SERVER) run sh -c 'psql -X -q -e -h 127.0.0.1 -p $$PGML_PORT -U postgres -d pgml -f demo/demo.sql'
 
-# The standby too: tests/test_standby.py runs against it.
-test: up standby
+# Both ends of the supported versions: the newest (a venv on this machine: linters, server-free
+# tests), then the local server's pinned ones (every test; the standby for tests/test_standby.py).
+test: newest up standby
 	@$(SERVER) run python3 -m pytest -q tests $(PYTEST_ARGS)
+
+newest:
+	@local/newest.sh
 
 bench: up
 	@$(SERVER) run python3 bench/run.py $(BENCH_ARGS)

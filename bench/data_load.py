@@ -59,7 +59,8 @@ def run(fixtures: Fixtures, sizes: Sizes) -> List[Measurement]:
     return [
         Measurement("c", owner, "rows/s", rate["pgml"], names[fastest], rate[fastest], Target(">=", 0.5), details),
         Measurement("c", owner, "rows/s", rate["pgml"], names[other], rate[other], None, details),
-        Measurement("c", other_role, "rows/s", rate["pgml_role"], names[fastest], rate[fastest], Target(">=", 0.5), details),
+        Measurement("c", other_role, "rows/s", rate["pgml_role"], names[fastest], rate[fastest], Target(">=", 0.5),
+                    details),
         Measurement("c", "read_training_data as the extension owner, peak memory added", "MB", peak_mb["pgml"],
                     memory, matrix_mb, Target("<=", 3.0), details),
         Measurement("c", "read_training_data as another role, peak memory added", "MB", peak_mb["pgml_role"],

@@ -51,8 +51,8 @@ def run(fixtures: Fixtures, sizes: Sizes) -> List[Measurement]:
             runs[form].append(_train_in_database(relation) if form == "pgml" else _train_standalone(dsn, relation))
 
     with conn.cursor() as cur:
-        cur.execute("SELECT id, (metrics ->> 'r2')::float8, extract(epoch FROM duration)::float8, train_rows + test_rows, "
-                    "peak_memory FROM pgml.model_versions WHERE name = %s", (END_TO_END_MODEL,))
+        cur.execute("SELECT id, (metrics ->> 'r2')::float8, extract(epoch FROM duration)::float8, "
+                    "train_rows + test_rows, peak_memory FROM pgml.model_versions WHERE name = %s", (END_TO_END_MODEL,))
         stored = {row[0]: row[1:] for row in cur.fetchall()}
     conn.close()
     for run_ in runs["pgml"]:

@@ -122,7 +122,8 @@ class Fixtures:
         if "floor" not in self._made:
             columns = self._run("SELECT string_agg(format('%I %s', attname, format_type(atttypid, atttypmod)), ', ' "
                                 "ORDER BY attnum) FROM pg_attribute "
-                                "WHERE attrelid = 'pgml.predictions'::regclass AND attnum > 0 AND NOT attisdropped")[0][0]
+                                "WHERE attrelid = 'pgml.predictions'::regclass AND attnum > 0 "
+                                "AND NOT attisdropped")[0][0]
             self._run(f"CREATE SERVER {FLOOR_SERVER} FOREIGN DATA WRAPPER multicorn "
                       "OPTIONS (wrapper 'bench.floor_fdw.ConstantPrediction')")
             self._run(f"CREATE FOREIGN TABLE {FLOOR_TABLE} ({columns}) SERVER {FLOOR_SERVER}")

@@ -47,9 +47,9 @@ def line(m: Measurement) -> str:
 def machine(conn: "psycopg2.extensions.connection") -> Dict[str, Any]:
     """nproc, memory, CPU model, and the versions that matter."""
     with open("/proc/meminfo") as f:
-        mem_kb = next(int(l.split()[1]) for l in f if l.startswith("MemTotal:"))
+        mem_kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
     with open("/proc/cpuinfo") as f:
-        cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "unknown")
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
     with conn.cursor() as cur:
         cur.execute("SELECT version()")
         postgres = cur.fetchone()[0]

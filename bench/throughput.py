@@ -2,9 +2,9 @@
 
 For each client count, pgbench runs a script calling the predictions query for the linear model, one
 calling SELECT 1, and one sending the same query to a Multicorn table that answers with a constant
-(bench/floor_fdw.py: what any Multicorn scan costs), in rotating order. Every new connection imports scikit-learn on its first
-prediction, so tps is counted from the per-transaction log, from the moment every client has
-finished its first transaction to the last transaction of the run.
+(bench/floor_fdw.py: what any Multicorn scan costs), in rotating order. Every new connection
+imports scikit-learn on its first prediction, so tps is counted from the per-transaction log, from
+the moment every client has finished its first transaction to the last transaction of the run.
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+# First: an unsupported scikit-learn is named as such, not as a failing import of its private module.
+from pgml_fdw import versions  # noqa: F401
 from sklearn.utils._param_validation import (
     Interval,
     InvalidParameterError,
@@ -68,8 +70,11 @@ _R, _C = "regression", "classification"
 # random_state=0 wherever the estimator has one, so the same data gives the same model.
 # max_iter is raised where scikit-learn's default often stops before converging.
 CATALOGUE: Tuple[Algorithm, ...] = (
+    # Scaled although least squares does not need it in theory: scikit-learn >= 1.9 solves with a
+    # relative cutoff (tol=1e-6), under which a feature in the millions (an interval in seconds)
+    # swamps the others and their coefficients come out as zero.
     _entry("linear", _R, "sklearn.linear_model.LinearRegression",
-           "ordinary least squares linear regression"),
+           "ordinary least squares linear regression", True),
     _entry("linear", _C, "sklearn.linear_model.LogisticRegression",
            "logistic regression", True, max_iter=1000, random_state=0),
     _entry("ridge", _R, "sklearn.linear_model.Ridge",
@@ -174,14 +179,27 @@ def _estimator_class(algorithm: Algorithm) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
+# Parameters scikit-learn has deprecated that we still accept, because users write them (as
+# PostgresML's and scikit-learn's own examples do) and every supported scikit-learn (see
+# pgml_fdw.versions) still honours them: LogisticRegression's penalty (deprecated in 1.8 in favour
+# of l1_ratio and C=inf, removed in 1.10).
+_STILL_ACCEPTED = frozenset({"penalty"})
+
+
+def _unset(value: Any) -> bool:
+    """Whether ``value`` is scikit-learn's marker for a deprecated parameter left at its default."""
+    return isinstance(value, str) and value == "deprecated"
+
+
 def _sklearn_params(algorithm: Algorithm) -> Dict[str, Any]:
-    """scikit-learn's own defaults, minus parameters scheduled for removal.
+    """scikit-learn's own defaults, minus parameters scheduled for removal (but those in
+    _STILL_ACCEPTED).
 
     scikit-learn marks those with the default "deprecated" (e.g. LogisticRegression
-    multi_class); offering them would only earn users a FutureWarning.
+    multi_class in 1.5-1.7); offering them would only earn users a FutureWarning.
     """
     params = _estimator_class(algorithm)().get_params(deep=False)
-    return {k: v for k, v in params.items() if not (isinstance(v, str) and v == "deprecated")}
+    return {k: v for k, v in params.items() if not _unset(v) or k in _STILL_ACCEPTED}
 
 
 def check_hyperparam_names(algorithm: Algorithm, names: Iterable[str]) -> None:
@@ -239,7 +257,8 @@ def _describe(constraint: Any) -> List[str]:
 
 def _expected(estimator_class: type, param: str) -> Optional[str]:
     """What a valid JSON value for ``param`` looks like, or None if we cannot say."""
-    texts = [t for c in estimator_class._parameter_constraints.get(param, []) for t in _describe(c)]
+    constraints = getattr(estimator_class, "_parameter_constraints", {})
+    texts = [t for c in constraints.get(param, []) for t in _describe(c)]
     texts = list(dict.fromkeys(texts))
     if not texts:
         return None
@@ -290,16 +309,18 @@ def make_estimator(algorithm: Algorithm, hyperparams: Optional[Mapping[str, Any]
         param = match.group("param")
         expected = _expected(cls, param) or match.group("expected")
         default = algorithm.defaults.get(param, sk_defaults.get(param))
+        shown = "" if _unset(default) else f" ({_to_json_text(default)})"
         raise PgmlError(
             f"invalid value for hyperparameter '{param}' of algorithm '{algorithm.name}': "
             f"got {_to_json_text(estimator.get_params(deep=False)[param])}, expected {expected}",
-            hint=f"change '{param}', or leave it out to use the default ({_to_json_text(default)})",
+            hint=f"change '{param}', or leave it out to use the default{shown}",
         ) from exc
     return estimator
 
 
 def all_params(algorithm: Algorithm, hyperparams: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """The full effective hyperparameter set (defaults plus ``hyperparams``), JSON-safe."""
+    """The full effective hyperparameter set (defaults plus ``hyperparams``), JSON-safe; a
+    deprecated parameter left unset is not part of it."""
     estimator = make_estimator(algorithm, hyperparams)
     params = estimator.get_params(deep=False)
-    return {k: json_safe(params[k]) for k in sorted(_sklearn_params(algorithm))}
+    return {k: json_safe(params[k]) for k in sorted(_sklearn_params(algorithm)) if not _unset(params[k])}

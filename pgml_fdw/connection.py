@@ -133,7 +133,8 @@ def loopback_dsn(options: Mapping[str, str], user_option: str) -> str:
 
 
 @contextmanager
-def read_as(dsn: str, role: str, select_sql: sql.Composable, result_columns: sql.Composable) -> Iterator[Tuple["psycopg2.extensions.cursor", sql.Composable]]:
+def read_as(dsn: str, role: str, select_sql: sql.Composable,
+            result_columns: sql.Composable) -> Iterator[Tuple["psycopg2.extensions.cursor", sql.Composable]]:
     """A cursor, and a query that returns ``select_sql``'s rows read with ``role``'s privileges.
 
     The SELECT runs inside a temporary SECURITY DEFINER function owned by ``role``: privileges and

@@ -25,6 +25,7 @@ DATATYPE_MISMATCH = "42804"    # a column whose type cannot be a feature or a ta
 INSUFFICIENT_PRIVILEGE = "42501"
 OUT_OF_MEMORY = "53200"
 QUERY_CANCELED = "57014"
+FEATURE_NOT_SUPPORTED = "0A000"  # a package version pgml_fdw does not support
 LOCK_NOT_AVAILABLE = "55P03"
 CONNECTION_FAILURE = "08006"
 INTERNAL_ERROR = "XX000"

@@ -228,8 +228,9 @@ class Predictions(_Table):
         """One row holding the error, and the conditions unchanged: PostgreSQL's recheck of them
         keeps it, and the view's check raises the error."""
         features = wanted.get("features")
-        echo = dict(wanted, features=features if features is None or isinstance(features, str) else _json_text(features),
-                    error=error.as_json())
+        if features is not None and not isinstance(features, str):
+            features = _json_text(features)
+        echo = dict(wanted, features=features, error=error.as_json())
         return [tuple(echo.get(name) for name in self.column_order)]
 
     def _predict(self, wanted: Dict[str, Any]) -> List[Any]:

@@ -11,7 +11,7 @@ import ctypes
 import mmap
 import struct
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import psycopg2
@@ -59,12 +59,13 @@ def estimated_rows(server: ServerConnection, relation: str) -> float:
     """The catalog's estimate of a table's rows (pg_class.reltuples); 0 for a view or when it
     cannot tell. Never the planner's: planning a view runs code its owner wrote (constant-folded
     functions), and this connection is privileged."""
-    rows = server.fetch("SELECT c.reltuples FROM pg_class c WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'm', 'p')",
-                        (relation,))
+    rows = server.fetch("SELECT c.reltuples FROM pg_class c "
+                        "WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'm', 'p')", (relation,))
     return float(rows[0][0]) if rows and rows[0][0] is not None and rows[0][0] > 0 else 0.0
 
 
-def feature_columns(server: ServerConnection, relation: str, y_column: str) -> Tuple[FeatureColumn, List[FeatureColumn]]:
+def feature_columns(server: ServerConnection, relation: str,
+                    y_column: str) -> Tuple[FeatureColumn, List[FeatureColumn]]:
     """The y column and the feature columns (every other column) of a relation.
 
     Raises PgmlError when y_column is missing, when there is nothing else, or when a feature's
@@ -184,14 +185,14 @@ class _Sink:
         return len(chunk)
 
 
-def _header_length(buffer: bytes) -> int:
+def _header_length(buffer: Union[bytes, bytearray]) -> int:
     if bytes(buffer[:11]) != _SIGNATURE:
         raise ValueError("not a binary COPY stream")
     (extension,) = struct.unpack_from(">i", buffer, 15)
     return 19 + extension
 
 
-def parse_binary_copy(buffer: bytes, wires: Sequence[str]) -> List[np.ndarray]:
+def parse_binary_copy(buffer: Union[bytes, bytearray], wires: Sequence[str]) -> List[np.ndarray]:
     """Columns of a binary COPY stream whose fields have the given wire types.
 
     A :data:`FLOAT` field (never NULL: the loader sends NULL as NaN) gives a float64 array; an
@@ -264,7 +265,8 @@ def _parse_rows(view: memoryview, pos: int, wires: Sequence[str]) -> List[np.nda
     values: List[list] = [[] for _ in wires]
     unpack_count, unpack_len = struct.Struct(">h").unpack_from, struct.Struct(">i").unpack_from
     unpack = {FLOAT: struct.Struct(">d").unpack_from, INTEGER: struct.Struct(">q").unpack_from}
-    kinds = [(i, wire == TEXT, unpack.get(wire)) for i, wire in enumerate(wires)]
+    # Text needs no unpacker: its bytes are decoded as they are.
+    kinds = [(i, wire == TEXT, unpack.get(wire, unpack[FLOAT])) for i, wire in enumerate(wires)]
     while True:
         (count,) = unpack_count(view, pos)
         pos += 2

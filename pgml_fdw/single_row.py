@@ -138,7 +138,7 @@ class _LinearClassifier(FastPredictor):
         self._binary = coef.shape[0] == 1
         if self._binary:
             self._coef = coef[0]
-            self._intercept = float(np.ravel(estimator.intercept_)[0])
+            self._intercept: Union[float, np.ndarray] = float(np.ravel(estimator.intercept_)[0])
         else:
             # The transposed view is what scikit-learn multiplies by; keeping
             # it makes the scores bit-identical.
@@ -148,23 +148,23 @@ class _LinearClassifier(FastPredictor):
 
     def _scores(self, x: np.ndarray) -> Optional[Union[float, np.ndarray]]:
         """The decision function, or None for a row with NaN or infinity."""
+        score: Union[float, np.ndarray]
         if self._binary:
-            score = float(x @ self._coef) + self._intercept
-            first = score
+            score = first = float(x @ self._coef) + self._intercept
         else:
-            score = x @ self._coef + self._intercept
-            first = score[0]
+            scores = x @ self._coef + self._intercept
+            score, first = scores, scores[0]
         # A NaN or infinite feature makes every score non-finite, so checking
         # one score is enough to know when the input needs checking.
         if math.isfinite(first) or np.isfinite(x).all():
             return score
         return None
 
-    def predict(self, x: np.ndarray) -> int:
+    def predict(self, x: np.ndarray) -> Union[float, int]:
         score = self._scores(x)
         if score is None:
             return self._fallback_predict(x)
-        if self._binary:
+        if isinstance(score, float):  # binary
             return 1 if score > 0 else 0
         return int(score.argmax())
 

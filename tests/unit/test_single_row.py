@@ -160,10 +160,17 @@ LOGISTIC = [
 @pytest.mark.parametrize("params,n_classes", LOGISTIC, ids=lambda p: repr(p))
 def test_logistic_regression_matches(params: dict, n_classes: int, n_features: int) -> None:
     X, y = make_data(n_features, n_classes)
+    model = LogisticRegressionCV if "cv" in params else LogisticRegression
+    if "multi_class" in params and "multi_class" not in model().get_params():
+        pytest.skip("this scikit-learn has no multi_class (removed in 1.8)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # multi_class is deprecated in 1.5
-        model = LogisticRegressionCV if "cv" in params else LogisticRegression
-        estimator = model(max_iter=1000, **params).fit(X, y)
+        try:
+            estimator = model(max_iter=1000, **params).fit(X, y)
+        except ValueError as exc:
+            if params.get("solver") == "liblinear" and n_classes > 2:
+                pytest.skip(f"this scikit-learn refuses liblinear with 3 classes: {exc}")
+            raise
     rows = probe_rows(X)
     assert_matches(estimator, rows)
     assert_matches_one_by_one(estimator, rows)

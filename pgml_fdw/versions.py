@@ -1,0 +1,84 @@
+"""The Python, numpy, SciPy and scikit-learn versions pgml_fdw supports, checked when they are imported.
+
+The ranges are the ones the test suite runs at both ends (``make test``: the local server's pinned
+versions, and the newest from PyPI); pyproject.toml states the same ranges, and a unit test keeps
+the two equal. scikit-learn is capped below the next release because pgml_fdw reproduces its
+single-row predictions exactly (single_row.py) and passes parameters it has deprecated (algorithms.py).
+
+Importing this module imports numpy, SciPy and scikit-learn, so the modules that need them import it
+first: a server whose Python has an unsupported version fails on the first training or prediction
+with an error that says which package to change, instead of a wrong answer or a traceback.
+"""
+from __future__ import annotations
+
+import platform
+import re
+import sys
+from typing import Dict, Optional, Tuple
+
+import numpy
+import scipy
+import sklearn
+
+from . import __version__, errors
+from .errors import PgmlError
+
+Version = Tuple[int, ...]
+
+# name -> (lowest supported, first unsupported or None), as pip spells the distribution.
+SUPPORTED: Dict[str, Tuple[Version, Optional[Version]]] = {
+    "python": ((3, 9), None),
+    "numpy": ((2, 0), (3, 0)),
+    "scipy": ((1, 13), (2, 0)),
+    "scikit-learn": ((1, 6), (1, 10)),
+}
+
+
+def parse(text: str) -> Version:
+    """The leading numeric parts of a version string: '1.6.1' -> (1, 6, 1), '2.5.0rc1' -> (2, 5, 0)."""
+    parts = []
+    for piece in text.split("."):
+        match = re.match(r"\d+", piece)
+        if match is None:
+            break
+        parts.append(int(match.group()))
+        if match.end() < len(piece):
+            break
+    return tuple(parts)
+
+
+def spec(name: str) -> str:
+    """The supported range as a pip requirement, e.g. "scikit-learn>=1.6,<1.10"."""
+    low, high = SUPPORTED[name]
+    text = f"{name}>={'.'.join(map(str, low))}"
+    return text if high is None else f"{text},<{'.'.join(map(str, high))}"
+
+
+def current() -> Dict[str, str]:
+    """The versions this process runs, as recorded with every model it trains."""
+    return {
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "pgml_fdw": __version__,
+    }
+
+
+def check(found: Dict[str, str]) -> None:
+    """Raises PgmlError naming the first package of ``found`` outside its supported range."""
+    for name, (low, high) in SUPPORTED.items():
+        version = parse(found[name])
+        if version[:len(low)] < low or (high is not None and version[:len(high)] >= high):
+            python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+            # sys.executable is PostgreSQL's own binary inside a backend: name the Python by its prefix.
+            where = "" if name == "python" else f" (in the Python at {sys.prefix})"
+            fix = ("Run PostgreSQL's Multicorn with a supported Python." if name == "python" else
+                   f"Install a supported version into that Python: {python} -m pip install '{spec(name)}', "
+                   "then reconnect.")
+            raise PgmlError(f"pgml_fdw {__version__} does not support {name} {found[name]}{where}: "
+                            f"it needs {spec(name)}",
+                            hint=fix, sqlstate=errors.FEATURE_NOT_SUPPORTED)
+
+
+check(current())
