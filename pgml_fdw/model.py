@@ -1,7 +1,7 @@
 """A trained model: its features, preprocessing, estimator and classes, and how it predicts.
 
-This is what is pickled into ``pgml.model_estimators``. It knows how to turn the JSON a query gives
-into the feature vector training saw, and the estimator's answer back into SQL values.
+It knows how to turn the JSON a query gives into the feature vector training saw, and the
+estimator's answer back into SQL values. :mod:`model_format` stores it.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class Model:
         encoder: Any,
         estimator: Any,
         classes: Optional[List[Any]] = None,
+        made_with: Optional[Dict[str, str]] = None,
     ) -> None:
         self.model_id = model_id
         self.task = task
@@ -40,6 +41,8 @@ class Model:
         self.estimator = estimator
         # Classification: the labels in their original form (str, bool or number), and as text.
         self.classes = classes
+        # The versions of Python and its packages it was trained with (None: not recorded, 0.2).
+        self.made_with = made_with
         self._setup()
 
     def _setup(self) -> None:
@@ -58,14 +61,10 @@ class Model:
         """The version number, the last part of the id (name_version)."""
         return int(self.model_id.rsplit("_", 1)[1])
 
-    def __getstate__(self) -> Dict[str, Any]:
-        state = dict(self.__dict__)
-        for derived in ("_positions", "_names", "_all_numbers", "_fast", "labels", "_known", "_has_proba"):
-            state.pop(derived, None)
-        return state
-
     def __setstate__(self, state: Dict[str, Any]) -> None:
+        """A model pickled whole by pgml_fdw 0.2 or earlier (model_format reads those too)."""
         self.__dict__.update(state)
+        self.made_with = None
         self._setup()
 
     # -- one row -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Per-column preprocessing: fitted on the training split, pickled with the model.
+"""Per-column preprocessing: fitted on the training split, stored with the model as plain data.
 
 A feature column is either a *number* (a float64 array, NaN for NULL; the data
 loader has already turned booleans, intervals, dates and timestamps into
@@ -262,7 +262,8 @@ class FeatureEncoder:
             )
         if prep.impute in ("mean", "median", "most_frequent") and present.size == 0:
             raise PgmlError(
-                f'column "{name}" is NULL in every training row, so "impute": "{prep.impute}" has nothing to learn from',
+                f'column "{name}" is NULL in every training row, '
+                f'so "impute": "{prep.impute}" has nothing to learn from',
                 hint=f'drop "{name}" from the training view, or set '
                      f'\'{{"{name}": {{"impute": "constant", "fill_value": 0}}}}\' in preprocess',
             )
@@ -309,8 +310,10 @@ class FeatureEncoder:
         if prep.impute == "most_frequent":
             if not counts:
                 raise PgmlError(
-                    f'column "{name}" is NULL in every training row, so "impute": "most_frequent" has nothing to learn from',
-                    hint=f'drop "{name}" from the training view, or remove its "impute" so NULL is a category of its own',
+                    f'column "{name}" is NULL in every training row, '
+                    'so "impute": "most_frequent" has nothing to learn from',
+                    hint=f'drop "{name}" from the training view, '
+                    'or remove its "impute" so NULL is a category of its own',
                 )
             fill: Optional[str] = min(counts, key=lambda v: (-counts[v], v))  # ties: the smallest value
         elif prep.impute == "constant":
@@ -413,6 +416,38 @@ class FeatureEncoder:
             entry["outputs"] = self.output_sources.count(column.name)
             result[column.name] = entry
         return result
+
+    def to_data(self) -> Dict[str, Any]:
+        """The fitted encoder as plain JSON data (model_format stores it so): lists, strings and
+        numbers, NaN written as null."""
+        if not self._fitted:
+            raise RuntimeError("FeatureEncoder.to_data called before fit")
+        return {
+            "columns": [[c.name, c.kind, c.sql_type] for c in self.columns],
+            "plan": {name: [p.impute, p.scale, p.encode, p.fill_value] for name, p in self.plan.items()},
+            "output_names": self.output_names,
+            "output_sources": self.output_sources,
+            "stats": self._stats,
+            "numbers": [[i, o, offset, divisor, None if math.isnan(null_out) else null_out]
+                        for i, o, offset, divisor, null_out in self._numbers],
+            "texts": [[i, first, list(lookup.items()), one_hot] for i, first, lookup, one_hot in self._texts],
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> "FeatureEncoder":
+        """The fitted encoder :meth:`to_data` described."""
+        columns = [Column(*c) for c in data["columns"]]
+        encoder = cls(columns, {name: Preprocess(*p) for name, p in data["plan"].items()})
+        encoder.output_names = list(data["output_names"])
+        encoder.output_sources = list(data["output_sources"])
+        encoder._stats = {name: dict(stats) for name, stats in data["stats"].items()}
+        encoder._numbers = [(i, o, offset, divisor, math.nan if null_out is None else null_out)
+                            for i, o, offset, divisor, null_out in data["numbers"]]
+        encoder._texts = [(i, first, dict((value, code) for value, code in lookup), one_hot)
+                          for i, first, lookup, one_hot in data["texts"]]
+        encoder._n_outputs = len(encoder.output_names)
+        encoder._fitted = True
+        return encoder
 
     def _check_input(self, data: Mapping[str, np.ndarray]) -> int:
         """Check every feature column is present with one length; return that length."""

@@ -16,13 +16,12 @@ and no transaction-id bookkeeping.
 """
 from __future__ import annotations
 
-import pickle
 import re
 from collections import OrderedDict
 from typing import Dict, Optional, Tuple, Union
 
 from .connection import ServerConnection
-from . import errors
+from . import errors, model_format
 from .errors import PgmlError
 from .model import Model
 
@@ -51,14 +50,14 @@ class ModelStore:
         self._context: Tuple[str, Optional[Context]] = ("", None)
         self._generation = ""
         self._names: Dict[str, str] = {}  # ref -> uid, valid in self._generation
-        # By uid: pickled (trained here, loaded only if scored) or loaded.
+        # By uid: stored bytes (trained here, loaded only if scored) or loaded.
         self._models: "OrderedDict[str, Union[bytes, Model]]" = OrderedDict()
 
-    def remember_trained(self, uid: str, pickled: bytes) -> None:
+    def remember_trained(self, uid: str, stored: bytes) -> None:
         """A model this backend just trained: its transaction may score it before committing,
         when no other connection can read it yet. Kept like any other (if the transaction rolls
         back, its uid is never handed over again)."""
-        self._remember(uid, pickled)
+        self._remember(uid, stored)
 
     def get(self, ref: str, context: Optional[str]) -> Model:
         """The model ``ref`` stands for: a uid, or a name (its deployed version) or an id
@@ -113,7 +112,7 @@ class ModelStore:
                                 hint="Commit the transaction that stored it, then predict.")
             model = bytes(rows[0][0])
         if isinstance(model, bytes):
-            model = pickle.loads(model)
+            model = model_format.load(model, ref)
         self._remember(uid, model)
         return model
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import resource
 import time
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Mapping, MutableMapping, Optional,
 
 import numpy as np
 
-from . import algorithms, errors, importance, isolation, metrics, search
+from . import algorithms, errors, importance, isolation, metrics, model_format, search, versions
 from .columns import FeatureColumn
 from .connection import ServerConnection
 from .errors import PgmlError
@@ -140,6 +140,7 @@ class TrainingResult:
     test_rows: int
     seconds: float
     details: Dict[str, Any]
+    probe: np.ndarray  # rows the stored model answers again when loaded under other versions
 
 
 def split(n: int, test_size: float, sampling: str, y: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -187,7 +188,7 @@ def prepare(options: TrainingOptions, y_column: FeatureColumn,
     plan = plan_preprocessing(_encoder_columns(columns), options.preprocess, algorithm.needs_scaling)
     algorithms.make_estimator(algorithm, options.hyperparams)
     if options.search:
-        search.validate_search(algorithm, options.search, options.search_params, options.search_folds)
+        search.validate_search(algorithm, options.search, options.search_params or {}, options.search_folds)
     return task, algorithm, plan
 
 
@@ -252,9 +253,14 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
         if "copy_X" in estimator.get_params() and "copy_X" not in params:
             # X_train is this run's own: the estimator may center it in place instead of copying it.
             estimator.set_params(copy_X=False)
-        estimator.fit(X_train, y_train)
+        with warnings.catch_warnings():
+            # Deprecations of parameters passed knowingly (SVC's probability in scikit-learn 1.9, a
+            # user's LogisticRegression penalty in 1.8): every supported version honours them, and
+            # the warning would only reach the server log.
+            warnings.simplefilter("ignore", FutureWarning)
+            estimator.fit(X_train, y_train)
 
-    model = Model(options.model_id, task, columns, encoder, estimator, classes)
+    model = Model(options.model_id, task, columns, encoder, estimator, classes, made_with=versions.current())
     measured = _evaluate(model, X_test, y_test, task, len(classes) if classes else None)
     method, values = importance.feature_importance(estimator, X_test, y_test, task)
     details = {
@@ -268,8 +274,10 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
             "method": options.search, "folds": options.search_folds, "best_params": json_safe(found.best_params),
             "best_score": json_safe(found.best_score), "candidates": json_safe(found.candidates)},
         "importance": {"method": method, "columns": importance.by_column(values, encoder.output_sources)},
+        "versions": model.made_with,
     }
-    return TrainingResult(model, measured, len(train_idx), len(test_idx), time.monotonic() - started, details)
+    return TrainingResult(model, measured, len(train_idx), len(test_idx), time.monotonic() - started, details,
+                          model_format.probe_rows(X_train))
 
 
 def check_finite_features(columns: Sequence[FeatureColumn], data: Mapping[str, np.ndarray], relation: str) -> None:
@@ -390,7 +398,8 @@ def _encoder_columns(columns: Sequence[FeatureColumn]) -> List[Column]:
     return [Column(c.name, "text" if c.is_text else "number", c.sql_type) for c in columns]
 
 
-def _evaluate(model: Model, X_test: np.ndarray, y_test: np.ndarray, task: str, n_classes: Optional[int]) -> Dict[str, Any]:
+def _evaluate(model: Model, X_test: np.ndarray, y_test: np.ndarray, task: str,
+              n_classes: Optional[int]) -> Dict[str, Any]:
     estimator = model.estimator
     y_pred = estimator.predict(X_test)
     proba = None
@@ -403,7 +412,7 @@ def _evaluate(model: Model, X_test: np.ndarray, y_test: np.ndarray, task: str, n
 @dataclass
 class TrainedRun:
     """What a run in its worker process hands back to the backend: small, and the model already
-    pickled (it goes into pgml.model_estimators as it is)."""
+    serialized by model_format (it goes into pgml.model_estimators as it is)."""
 
     task: str
     model: bytes
@@ -442,7 +451,7 @@ def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> Trained
     # A copy: the columns are views of one buffer, which train() frees by dropping them.
     y_raw = np.array(y_raw)
     result = train(options, y_column, columns, data, y_raw, budget)
-    model = pickle.dumps(result.model, protocol=4)
+    model = model_format.dump(result.model, result.probe)
     peak = _peak_bytes() - resident
     return TrainedRun(result.model.task, model, result.metrics, result.train_rows, result.test_rows,
                       time.monotonic() - started, result.details, max(peak, 0))
