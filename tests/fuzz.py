@@ -244,8 +244,26 @@ LIMITED_TABLES = ("fz_num", "fz_class", "fz_mixed", "fz_score", "fz_card", '"Fz 
                   "fz_boolcls", "fz_empty")
 
 
+def _local_dsn(database: str, user: Optional[str]) -> str:
+    return psycopg2.extensions.make_dsn(host=HOST, port=PORT, dbname=database, user=user or "postgres")
+
+
+# Where the fuzzer connects: the local server, unless use_target() says otherwise (tests/test_fuzz.py
+# hands it the test suite's server, which may be a PGML_TEST_DSN one). "postgres" below names the
+# superuser and the maintenance database, whatever they are called there.
+_target: Dict[str, Any] = {"dsn": _local_dsn, "login": "LOGIN", "admin": "postgres", "maintenance": "postgres"}
+
+
+def use_target(dsn: Callable[[str, Optional[str]], str], login: str, admin: str, maintenance: str) -> None:
+    """Connect with ``dsn(database, user)``, superuser ``admin``, maintenance database
+    ``maintenance``; ``login`` is what CREATE ROLE needs for the limited role to log in."""
+    _target.update(dsn=dsn, login=login, admin=admin, maintenance=maintenance)
+
+
 def connect(database: str, user: str = "postgres") -> psycopg2.extensions.connection:
-    conn = psycopg2.connect(host=HOST, port=PORT, dbname=database, user=user,
+    if database == "postgres":
+        database = _target["maintenance"]
+    conn = psycopg2.connect(_target["dsn"](database, _target["admin"] if user == "postgres" else user),
                             options=f"-c statement_timeout={STATEMENT_TIMEOUT}")
     conn.autocommit = True
     # Results stay text: features echoed back may be nested deeper than Python's json can parse.
@@ -271,7 +289,7 @@ def setup(database: str) -> Dict[str, Any]:
         if cur.fetchone():
             cur.execute(f'DROP OWNED BY "{role}"')
         else:
-            cur.execute(f'CREATE ROLE "{role}" LOGIN')
+            cur.execute(f'CREATE ROLE "{role}" {_target["login"]}')
         cur.execute(f'GRANT SELECT ON pgml.predictions TO "{role}"')
         cur.execute(f'GRANT INSERT, SELECT (id) ON pgml.training_runs TO "{role}"')
         cur.execute(f'GRANT USAGE ON SCHEMA fz_schema TO "{role}"')

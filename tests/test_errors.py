@@ -85,13 +85,14 @@ def test_training_reads_with_the_callers_row_level_security(db: Session, name: s
 def test_view_code_cannot_take_over_the_wrappers_connection(db: Session, name: str, escalation: str) -> None:
     """The wrapper reads a trainer's view on a connection of the extension owner's: code in the
     view runs inside a function owned by the trainer, where PostgreSQL refuses to change role."""
-    trainer = role(db, "pgml_sneaky", ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}"])
+    # Its objects go in its own schema: as from PostgreSQL 15, PUBLIC may not create in public.
+    trainer = role(db, "pgml_sneaky", ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}"], schema=True)
     session = Session(user=trainer)
     session.run(f"CREATE FUNCTION sneaky_escalate() RETURNS float8 LANGUAGE plpgsql VOLATILE AS "
                 f"$$ BEGIN {escalation}; RETURN 0; END $$")
     session.run("CREATE TABLE sneaky_data AS SELECT g::float8 AS x, 2.0 * g AS y FROM generate_series(1, 50) g")
     session.run("CREATE VIEW sneaky_view AS SELECT x, y + sneaky_escalate() AS y FROM sneaky_data")
-    error = session.error("SELECT pgml.train('sneaky_view', 'y', name => %s)", (name,))
+    error = session.error(f"SELECT pgml.train('{trainer}.sneaky_view', 'y', name => %s)", (name,))
     session.close()
     assert "cannot set parameter" in error.diag.message_primary
     assert "within security-definer function" in error.diag.message_primary
@@ -116,7 +117,7 @@ def test_a_trainer_cannot_claim_another_role(db: Session, line: str, name: str) 
 def test_code_in_a_trainers_view_runs_as_the_trainer(db: Session, name: str) -> None:
     """Planning a view constant-folds its immutable functions: the wrapper's privileged connection
     must never plan a trainer's view, or their code would run as the extension owner."""
-    trainer = role(db, "pgml_planner", ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}"])
+    trainer = role(db, "pgml_planner", ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}"], schema=True)
     session = Session(user=trainer)
     session.run("CREATE TABLE seen_as (who name)")
     session.run("CREATE FUNCTION record_user() RETURNS boolean LANGUAGE plpgsql VOLATILE AS "
@@ -124,7 +125,7 @@ def test_code_in_a_trainers_view_runs_as_the_trainer(db: Session, name: str) -> 
     session.run("CREATE FUNCTION looks_pure() RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT record_user() $$")
     session.run("CREATE TABLE planner_data AS SELECT g::float8 AS x, 2.0 * g AS y FROM generate_series(1, 50) g")
     session.run("CREATE VIEW planner_view AS SELECT x, y FROM planner_data WHERE looks_pure()")
-    session.one("SELECT pgml.train('planner_view', 'y', name => %s)", (name,))
+    session.one(f"SELECT pgml.train('{trainer}.planner_view', 'y', name => %s)", (name,))
     assert {r[0] for r in session.rows("SELECT who FROM seen_as")} <= {trainer}
     session.close()
 

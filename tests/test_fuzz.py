@@ -9,7 +9,10 @@ import psycopg2
 import pytest
 
 import fuzz
-from conftest import DATABASE, Session
+from conftest import ADMIN, DATABASE, MAINTENANCE, Session, dsn, login_clause
+
+# The suite's server (the local one, or PGML_TEST_DSN's), not the fuzzer's own default.
+fuzz.use_target(dsn, login_clause(), ADMIN, MAINTENANCE)
 
 CASES = 3000
 SEED = 20240601

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import DATABASE, PORT, Session, linear_rows, make_table, role
+from conftest import Session, dsn, linear_rows, make_table, role
 
 TRAINING_GRANTS = ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}",
                    "GRANT SELECT ON pgml.predictions TO {role}"]
@@ -124,8 +124,7 @@ def test_retrain_on_changed_features_deploys(db: Session, name: str) -> None:
 
 
 def _demo() -> subprocess.CompletedProcess:
-    return subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(PORT),
-                           "-U", "postgres", "-d", DATABASE, "-f", "demo/demo.sql"],
+    return subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn(), "-f", "demo/demo.sql"],
                           capture_output=True, text=True, timeout=600)
 
 

@@ -18,11 +18,14 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from conftest import DATABASE, PORT, Session, make_table
+from conftest import DATABASE, LOCAL_ROOT, NOT_LOCAL, PORT, Session, make_table
 
 PGBOUNCER = "/usr/sbin/pgbouncer"
 FEATURES = '{"x": 2}'
 
+# The pooler is the local root's pgbouncer, pointed at the local server.
+if not LOCAL_ROOT:
+    pytest.skip(f"{NOT_LOCAL} (its pgbouncer)", allow_module_level=True)
 # Outside CI pgbouncer may be missing (a root built before it was added); in CI its absence is a failure.
 if not os.environ.get("CI") and not os.path.exists(PGBOUNCER):
     pytest.skip(f"{PGBOUNCER} is not installed: make up rebuilds the root with it", allow_module_level=True)

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import psycopg2
 import pytest
 
-from conftest import Session, role
+from conftest import LOCAL_ROOT, NOT_LOCAL, Session, role
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures: small tables and their models, made once for the module.
@@ -645,6 +645,7 @@ def _memory(pid: int) -> Dict[str, int]:
     return {key: int(fields[key].split()[0]) for key in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}
 
 
+@pytest.mark.skipif(not LOCAL_ROOT, reason=f"{NOT_LOCAL} (the backend's /proc)")
 def test_memory_stays_flat_while_scoring_a_hundred_thousand_rows(db: Session, big: str) -> None:
     pid = db.pid()
     # Read the rows once first, so that the shared buffers they sit in count before, not after.

@@ -6,7 +6,10 @@ import threading
 import psycopg2
 import pytest
 
-from conftest import Session, dsn, linear_rows, make_table
+from conftest import DATABASE, MAINTENANCE, Session, dsn, linear_rows, make_table
+
+# Named after the run's database, so that a run on a PGML_TEST_DSN server removes it with the rest.
+FRESH = f"{DATABASE}_fresh"
 
 
 @pytest.fixture
@@ -75,14 +78,14 @@ def test_failed_statement_in_a_transaction_keeps_nothing(db: Session, line: str,
 
 def test_first_statements_after_create_extension(name: str, database: None) -> None:
     """A fresh database: the first statements right after CREATE EXTENSION, in the same session."""
-    admin = psycopg2.connect(dsn("postgres"))
+    admin = psycopg2.connect(dsn(MAINTENANCE))
     admin.autocommit = True
     with admin.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS pgml_fresh WITH (FORCE)")
-        cur.execute("CREATE DATABASE pgml_fresh")
+        cur.execute(f"DROP DATABASE IF EXISTS {FRESH} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {FRESH}")
     try:
         for autocommit in (True, False):
-            conn = psycopg2.connect(dsn("pgml_fresh"))
+            conn = psycopg2.connect(dsn(FRESH))
             conn.autocommit = autocommit
             with conn.cursor() as cur:
                 cur.execute("SELECT to_regclass('pgml.model_names') IS NOT NULL")
@@ -100,7 +103,7 @@ def test_first_statements_after_create_extension(name: str, database: None) -> N
             conn.close()
     finally:
         with admin.cursor() as cur:
-            cur.execute("DROP DATABASE IF EXISTS pgml_fresh WITH (FORCE)")
+            cur.execute(f"DROP DATABASE IF EXISTS {FRESH} WITH (FORCE)")
         admin.close()
 
 
