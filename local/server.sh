@@ -31,7 +31,7 @@ STANDBY_DATA=/var/lib/pgml/standby
 STANDBY_LOG=/var/lib/pgml/standby.log
 # The standby's own sockets: the wrapper on the standby must talk to the standby, never the primary.
 STANDBY_SOCKETS=/var/run/postgresql-standby
-PYPKGS=/usr/lib/python3/dist-packages
+PROVISION=/usr/local/sbin/pgml-provision # local/provision.sh, inside the root
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'server.sh: %s\n' "$*" >&2; exit 1; }
@@ -55,15 +55,15 @@ in_namespace() {
         if [ -n "$hide" ]; then mount -t tmpfs -o size=64k,mode=0755 hidden "$root$hide"; fi
         exec "$@"' _ "$ROOT" "$REPO" "$CODE" "${HIDE:-}" \
         env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
-        PGML_PORT="$PORT" PGML_BENCH_QUICK="${PGML_BENCH_QUICK:-}" PGML_TEST_DATABASE="${PGML_TEST_DATABASE:-pgml_test}" \
+        PGML_PORT="$PORT" PGML_BENCH_QUICK="${PGML_BENCH_QUICK:-}" PGML_TEST_DATABASE="${PGML_TEST_DATABASE:-pgml_test}" PGML_TEST_DSN="${PGML_TEST_DSN:-}" \
         CI="${CI:-}" TERM="${TERM:-dumb}" \
         chroot "$ROOT" "$@"
 }
 
 as_postgres() { in_root su postgres -s /bin/sh -c "$*"; }
 
-# Everything that decides what the root holds; its hash is the build stamp, so a change here (or in
-# the requirements) rebuilds the root, and nothing else does.
+# Everything that decides what the root holds; its hash is the build stamp, so a change here, in the
+# shared install script or in the requirements rebuilds the root, and nothing else does.
 build_root() {
     local tmp=$HOME_DIR/root.building
     if ! command -v debootstrap >/dev/null; then
@@ -74,37 +74,21 @@ build_root() {
     say "building a Debian bullseye root in $ROOT (first time only, about two minutes)"
     debootstrap --variant=minbase --include=ca-certificates bullseye "$tmp" "$MIRROR" >"$HOME_DIR/debootstrap.log" 2>&1 \
         || die "debootstrap failed; see $HOME_DIR/debootstrap.log"
-    # No services start inside the root during installs, and no default cluster is created.
-    printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d" && chmod +x "$tmp/usr/sbin/policy-rc.d"
-    mkdir -p "$tmp/etc/postgresql-common"
-    echo 'create_main_cluster = false' >"$tmp/etc/postgresql-common/createcluster.conf"
     cp /etc/ssl/certs/ca-certificates.crt "$tmp/etc/ssl/certs/host-ca.crt"
-    local saved=$ROOT; ROOT=$tmp
-    say "installing PostgreSQL 13, Multicorn and Python 3.9 from Debian"
-    in_root apt-get update -qq
-    in_root apt-get install -y -qq --no-install-recommends postgresql-13 postgresql-13-python3-multicorn \
-        python3-pip python3-psycopg2 pgbouncer >"$HOME_DIR/apt.log" 2>&1 || die "apt-get failed; see $HOME_DIR/apt.log"
-    say "installing the Python packages (local/requirements.txt) from PyPI"
+    # The same install as docker/Dockerfile's, and the script stays in the root for setting up the cluster.
+    cp "$REPO/local/provision.sh" "$tmp$PROVISION"
     cp "$REPO/local/requirements.txt" "$tmp/tmp/requirements.txt"
-    in_root pip3 install -q --no-cache-dir -r /tmp/requirements.txt || die "pip install failed (see above)"
-    in_root apt-get clean
-    # The package is imported from the mounted checkout, and the extension's SQL files are read there.
-    mkdir -p "$tmp$CODE" "$tmp/var/lib/pgml"
-    echo "$CODE" >"$tmp$PYPKGS/pgml_fdw.pth"
+    local saved=$ROOT; ROOT=$tmp
+    say "installing PostgreSQL 13, Multicorn, Python 3.9 and local/requirements.txt (local/provision.sh)"
+    in_root "$PROVISION" install /tmp/requirements.txt >"$HOME_DIR/provision.log" 2>&1 \
+        || die "local/provision.sh install failed; see $HOME_DIR/provision.log"
     ROOT=$saved
     rm -rf --one-file-system "$ROOT"
     mv "$tmp" "$ROOT"
 }
 
-stamp() { { declare -f build_root; cat "$REPO/local/requirements.txt"; } | sha256sum | cut -c1-16; }
-
-# The extension's files are links into the mounted checkout, so an edited script is what the next
-# CREATE EXTENSION runs.
-link_extension() {
-    local f
-    for f in "$REPO"/sql/pgml_fdw.control "$REPO"/sql/pgml_fdw--*.sql; do
-        ln -sfn "$CODE/sql/$(basename "$f")" "$ROOT/usr/share/postgresql/13/extension/$(basename "$f")"
-    done
+stamp() {
+    { declare -f build_root; cat "$REPO/local/provision.sh" "$REPO/local/requirements.txt"; } | sha256sum | cut -c1-16
 }
 
 running() { [ -f "$ROOT$DATA/postmaster.pid" ] && as_postgres "/usr/lib/postgresql/13/bin/pg_ctl status -D $DATA" >/dev/null 2>&1; }
@@ -129,20 +113,11 @@ up() {
         build_root
         stamp >"$HOME_DIR/stamp"
     fi
-    link_extension
+    # The extension's files are links into the mounted checkout (so through the namespace).
+    in_namespace "$PROVISION" link
     if ! [ -f "$ROOT$DATA/PG_VERSION" ]; then
         say "creating the database cluster"
-        # Inside the root: its /var/run is a symlink to /run, which outside it is the host's.
-        in_root install -d -o postgres -g postgres -m 2775 /var/lib/pgml $SOCKETS
-        as_postgres "/usr/lib/postgresql/13/bin/initdb -D $DATA -U postgres --auth=trust -E UTF8 --locale=C.UTF-8" >/dev/null
-        cat >>"$ROOT$DATA/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$SOCKETS'
-dynamic_shared_memory_type = mmap
-max_connections = 100
-shared_buffers = 256MB
-logging_collector = off
-EOF
+        in_root "$PROVISION" initdb $DATA 127.0.0.1
     fi
     if running; then
         say "already running on 127.0.0.1:$PORT"
@@ -155,10 +130,7 @@ EOF
             "/usr/lib/postgresql/13/bin/pg_ctl start -w -D $DATA -l $LOG -o '-p $PORT' >/dev/null" \
             || die "PostgreSQL did not start; its log: $ROOT$LOG"
     fi
-    if [ "$(psql_root -At -d postgres -c "SELECT count(*) FROM pg_database WHERE datname = 'pgml'")" = 0 ]; then
-        psql_root -d postgres -c "CREATE DATABASE pgml"
-    fi
-    psql_root -d pgml -c "CREATE EXTENSION IF NOT EXISTS pgml_fdw CASCADE"
+    in_root "$PROVISION" database -h 127.0.0.1 -p "$PORT" -U postgres
     say "ready: psql -h 127.0.0.1 -p $PORT -U postgres pgml   (or: make psql)"
 }
 
