@@ -189,20 +189,21 @@ def database() -> Iterator[None]:
     """The test database, with the extension and PostgreSQL 15's privileges on schema public."""
     admin = psycopg2.connect(dsn(MAINTENANCE))
     admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DATABASE}")
-    session = Session()
-    session.run("CREATE EXTENSION pgml_fdw CASCADE")
-    # What PostgreSQL 15 and later do by default, on every server: a role may create objects only
-    # where it was allowed to, so the tests' roles never pass for lack of that default.
-    session.run("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-    session.close()
-    yield
-    if not LOCAL_ROOT:
-        left = _drop_what_the_run_made(admin)
-        assert not left, "the run could not remove what it made on the PGML_TEST_DSN server:\n" + "\n".join(left)
-    admin.close()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+            cur.execute(f"CREATE DATABASE {DATABASE}")
+        session = Session()
+        session.run("CREATE EXTENSION pgml_fdw CASCADE")
+        # What PostgreSQL 15 and later do by default, on every server: a role may create objects
+        # only where it was allowed to, so the tests' roles never pass for lack of that default.
+        session.run("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        session.close()
+        yield
+    finally:  # a setup that failed (no extension files on that server, say) is cleaned up too
+        left = [] if LOCAL_ROOT else _drop_what_the_run_made(admin)
+        admin.close()
+    assert not left, "the run could not remove what it made on the PGML_TEST_DSN server:\n" + "\n".join(left)
 
 
 @pytest.fixture
