@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+import pgml_fdw
 from conftest import Session, linear_rows, make_table
 
 
@@ -51,6 +52,10 @@ def test_train_and_score_the_brief(db: Session, shop: str) -> None:
     by_name = db.one("SELECT prediction FROM pgml.predictions WHERE model = 'my_data' "
                      "AND features = '[\"2 years\", 30, \"Paris\"]'")
     assert by_name == pytest.approx(paris)
+    # The model records what trained it: the server's Python and packages, and this pgml_fdw.
+    versions = db.one("SELECT versions FROM pgml.models WHERE id = %s", (model_id,))
+    assert set(versions) == {"python", "numpy", "scipy", "scikit-learn", "pgml_fdw"}
+    assert versions["pgml_fdw"] == pgml_fdw.__version__
 
 
 def test_score_one_interval_feature(db: Session, shop: str, name: str) -> None:

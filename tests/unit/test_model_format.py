@@ -16,8 +16,9 @@ from pgml_fdw import model_format, versions
 from pgml_fdw.errors import PgmlError
 from pgml_fdw.model import Model
 
+from stored import make  # tests/unit is on sys.path: pytest puts a test file's folder there
+
 STORED = Path(__file__).parent / "stored"
-make = pytest.importorskip("stored.make", reason="tests/unit must be on sys.path (pytest's rootdir)")
 
 
 def _close(got: List[Any], want: List[Any]) -> None:
