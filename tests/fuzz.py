@@ -343,7 +343,8 @@ def to_json(value: Any, ascii_only: bool = False) -> str:
     return json.dumps(value, ensure_ascii=ascii_only)
 
 
-UNICODE = ["é", "e\u0301", "😀", "ß", "İ", "\u200b", "中文", "ключ", "\u202e", "\ufeff", "ü", "\t", "\n", "\\", "\"", "'"]
+UNICODE = ["é", "e\u0301", "😀", "ß", "İ", "\u200b", "中文", "ключ", "\u202e", "\ufeff", "ü",
+           "\t", "\n", "\\", "\"", "'"]
 
 WEIRD_VALUES: List[Any] = [
     None, True, False, "", " ", "Infinity", "-Infinity", "NaN", "nan", "inf", "1e400", "-1e400", "1e-400",
@@ -399,7 +400,8 @@ def value_for(rng: random.Random, feature: Dict[str, Any]) -> Any:
     if kind == "boolean":
         return rng.choice([True, False])
     if kind == "interval":
-        return rng.choice(["2 years", "1 day", "00:30:00", "-3 hours", "P1Y2M", 3600, "1 mon 2 days", "3 days 04:05:06"])
+        return rng.choice(["2 years", "1 day", "00:30:00", "-3 hours", "P1Y2M", 3600, "1 mon 2 days",
+                           "3 days 04:05:06"])
     if kind == "date":
         return rng.choice(["2020-01-01", "1999-12-31", "2024-02-29", "2019-03-04"])
     if kind == "timestamp":
@@ -548,9 +550,9 @@ class Generator:
         return ref, shape, text
 
     def select_list(self, rng: random.Random) -> str:
-        return rng.choice(["*", "prediction", "label", "probabilities", "version", "prediction, label, probabilities, version",
-                           "count(*)", "model, features", "key", "relation, key_column", "prediction + 1",
-                           "probabilities -> 'alpha'", "label || 'x'"])
+        return rng.choice(["*", "prediction", "label", "probabilities", "version",
+                           "prediction, label, probabilities, version", "count(*)", "model, features", "key",
+                           "relation, key_column", "prediction + 1", "probabilities -> 'alpha'", "label || 'x'"])
 
     def extra_conditions(self, rng: random.Random) -> str:
         return rng.choice(["", "", "", " AND prediction IS NOT NULL", " AND version > 0", " AND label = 'alpha'",
@@ -595,7 +597,8 @@ class Generator:
         if r < 0.78:
             return f"s.{rng.choice(columns)}", []
         if r < 0.85:
-            return rng.choice(["NULL::jsonb", "'{}'::jsonb", "'[]'::jsonb", "'null'::jsonb", "s.j", "(SELECT j FROM fz_json LIMIT 1)"]), []
+            return rng.choice(["NULL::jsonb", "'{}'::jsonb", "'[]'::jsonb", "'null'::jsonb", "s.j",
+                               "(SELECT j FROM fz_json LIMIT 1)"]), []
         _, text = features_value(rng, model)
         return "%s::jsonb", [text]
 
@@ -643,7 +646,8 @@ class Generator:
                               "WHERE model = $1 AND relation = $2 AND key_column = $3"))
             for _ in range(rng.randint(1, 3)):
                 ref = self.model_ref(rng)
-                steps.append(Step(f"EXECUTE {name}(%s, %s, %s)", (ref, self.relation_ref(rng, ref), self.key_column(rng))))
+                steps.append(Step(f"EXECUTE {name}(%s, %s, %s)",
+                                  (ref, self.relation_ref(rng, ref), self.key_column(rng))))
         else:
             shapes = [("text, jsonb", "$2"), ("varchar, jsonb", "$2"), ("text, jsonb", "$2 -> 'f'")]
             if not generic:
@@ -727,10 +731,11 @@ class Generator:
             params = mparams + expr_params
         elif shape == "direct":
             # Per-row features straight into pgml.predictions: an error by design.
-            sql = (f"SELECT s.id, p.prediction FROM {src} CROSS JOIN LATERAL (SELECT prediction FROM pgml.predictions q "
-                   f"WHERE q.model = {msql} AND q.features = {expr}) p")
+            sql = (f"SELECT s.id, p.prediction FROM {src} CROSS JOIN LATERAL (SELECT prediction "
+                   f"FROM pgml.predictions q WHERE q.model = {msql} AND q.features = {expr}) p")
             params = mparams + expr_params
-            if not expr_params and "(SELECT j" not in expr and expr not in ("NULL::jsonb", "'{}'::jsonb", "'[]'::jsonb", "'null'::jsonb"):
+            if (not expr_params and "(SELECT j" not in expr
+                    and expr not in ("NULL::jsonb", "'{}'::jsonb", "'[]'::jsonb", "'null'::jsonb")):
                 must_fail = "a LATERAL join over pgml.predictions with per-row features must be refused"
         elif shape == "correlated":
             sql = (f"SELECT s.id, (SELECT prediction FROM pgml.predictions q WHERE q.model = {msql} "
@@ -773,15 +778,15 @@ class Generator:
                              "count(DISTINCT key)", "sum(prediction)"])
         r = rng.random()
         if r < 0.5:
-            sql, params = f"SELECT {select} FROM pgml.predictions WHERE model = %s AND relation = %s AND key_column = %s", \
-                (ref, relation, self.key_column(rng))
+            sql, params = (f"SELECT {select} FROM pgml.predictions WHERE model = %s AND relation = %s "
+                           "AND key_column = %s", (ref, relation, self.key_column(rng)))
         elif r < 0.85:
             sql, params = f"SELECT {select} FROM pgml.predictions WHERE model = %s AND relation = %s", (ref, relation)
         else:
             # features and relation together: an error by design.
             _, _, text = self.model_and_features(rng)
-            sql, params = (f"SELECT {select} FROM pgml.predictions WHERE model = %s AND relation = %s AND features = %s",
-                           (ref, relation, text))
+            sql, params = (f"SELECT {select} FROM pgml.predictions WHERE model = %s AND relation = %s "
+                           "AND features = %s", (ref, relation, text))
         sql += rng.choice(["", "", "", " LIMIT 3", " ORDER BY 1 LIMIT 5", " AND key_column IS NULL"])
         return [Step(sql, params)], []
 
@@ -808,16 +813,19 @@ class Generator:
         r = rng.random()
         if "binary" in fmt:
             data = rng.choice([b"", b"PGCOPY\n\xff\r\n\x00" + bytes(8) + b"\xff\xff",
-                               b"PGCOPY\n\xff\r\n\x00" + bytes(8) + b"\x00\x02\x00\x00\x00\x06fz_num\x00\x00\x00\x01y\xff\xff",
+                               b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+                               + b"\x00\x02\x00\x00\x00\x06fz_num\x00\x00\x00\x01y\xff\xff",
                                bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))])
         elif r < 0.2:
             data = ""
         elif r < 0.5:
             data = "fz_num\ty\n" if "csv" not in fmt else "fz_num,y\n"
         elif r < 0.7:
-            data = "\t".join(rng.choice(["fz_lin", "\\N", "{}", "1", "x", "2020-01-01", "t", "\\x00"]) for _ in range(rng.randint(1, 25))) + "\n"
+            data = "\t".join(rng.choice(["fz_lin", "\\N", "{}", "1", "x", "2020-01-01", "t", "\\x00"])
+                             for _ in range(rng.randint(1, 25))) + "\n"
         elif r < 0.85:
-            data = "".join(rng.choice(["a", "\t", "\n", "\\", ",", "\"", "é", "1", "\\N", "\\."]) for _ in range(rng.randint(1, 200)))
+            data = "".join(rng.choice(["a", "\t", "\n", "\\", ",", "\"", "é", "1", "\\N", "\\."])
+                           for _ in range(rng.randint(1, 200)))
         else:
             data = "fz_num\ty\n" * rng.randint(2, 50)
         return [Step(f"COPY {table} FROM STDIN{fmt}", copy_in=data)], []
@@ -853,7 +861,8 @@ class Generator:
         return rng.choice([None, True, False, "abc", "", [], [0], {}, {"a": 1}, -1, 0, 1, 2.5, "NaN", "Infinity",
                            [1, 2, 3], {"nested": {"deep": [1]}}, Raw("1e400"), "1e12"])
 
-    def search_options(self, rng: random.Random, algorithm: str, task: str) -> Tuple[Optional[str], Optional[str], Optional[int]]:
+    def search_options(self, rng: random.Random, algorithm: str,
+                       task: str) -> Tuple[Optional[str], Optional[str], Optional[int]]:
         method = rng.choice(["grid", "random", "grid", "random", "GRID", "bayes", "", None])
         defaults = self.algorithms.get((algorithm.strip().lower(), task)) or {}
         space: Any
@@ -940,8 +949,8 @@ class Generator:
                 request["y_column"] = columns[0]
         elif option == "y_column":
             columns = TRAIN_RELATIONS.get(request["relation"] or "", ["y"])
-            request["y_column"] = rng.choice(columns + ["nope", "", None, "Y", '"y"', "Y Col", "j", "t", "ts", "iv", "b",
-                                                        "ü", "label", "x1; --", "code", "mood", "cash", "tm", "d"])
+            request["y_column"] = rng.choice(columns + ["nope", "", None, "Y", '"y"', "Y Col", "j", "t", "ts", "iv",
+                                                        "b", "ü", "label", "x1; --", "code", "mood", "cash", "tm", "d"])
         elif option == "algorithm":
             name = request["algorithm"]
             request["algorithm"] = rng.choice(sorted({a for a, _ in self.algorithms}) + [
@@ -950,8 +959,8 @@ class Generator:
         elif option == "task":
             request["task"] = rng.choice(["regression", "classification", "Regression", "bogus", "", " regression"])
         elif option == "name":
-            request["name"] = rng.choice(["1abc", "a b", "x" * 61, "x" * 60, "", "模型", "a'b", "fzt_shared", "fzt_shared_2",
-                                          "fzt_" + "9" * 50, "_", "A", "fzt-1", "fzt_1_2", "pgml"])
+            request["name"] = rng.choice(["1abc", "a b", "x" * 61, "x" * 60, "", "模型", "a'b", "fzt_shared",
+                                          "fzt_shared_2", "fzt_" + "9" * 50, "_", "A", "fzt-1", "fzt_1_2", "pgml"])
         elif option == "hyperparams":
             request["hyperparams"] = self.hyperparams(rng, request["algorithm"] or "linear", request["task"] or task)
         elif option == "search":
@@ -1017,7 +1026,8 @@ class Generator:
         if undo.startswith("ROLLBACK TO"):
             steps.append(Step("SAVEPOINT sp"))
         steps += [Step("SELECT pgml.train(%s, %s, %s, name => %s)", (relation, y, algorithm, name)),
-                  Step("SELECT prediction, label FROM pgml.predictions WHERE model = %s AND features = %s", (name, valid)),
+                  Step("SELECT prediction, label FROM pgml.predictions WHERE model = %s AND features = %s",
+                       (name, valid)),
                   Step("SELECT pgml.prediction(%s, %s::jsonb)", (name + "_1", text if rng.random() < 0.3 else valid)),
                   Step(undo)]
         gone = "the model of a rolled-back training must not be scored"
@@ -1040,10 +1050,10 @@ class Generator:
             ("SELECT pgml.train('fz_card', 'y', 'svm', name => %s)", (name,)),  # seconds: permutation importance
             ("SELECT pgml.train('fz_card', 'y', 'random_forest', hyperparams => '{\"n_estimators\": 50}', name => %s)",
              (name,)),
-            ("SELECT pgml.train('fz_num', 'y', 'mlp', hyperparams => '{\"hidden_layer_sizes\": [50], \"max_iter\": 200, "
-             "\"tol\": 1e-9}', name => %s)", (name,)),
-            ("SELECT pgml.train('fz_card', 'y', 'knn', search => 'grid', search_params => '{\"n_neighbors\": [1, 3, 5]}', "
-             "name => %s)", (name,)),
+            ("SELECT pgml.train('fz_num', 'y', 'mlp', hyperparams => '{\"hidden_layer_sizes\": [50], "
+             "\"max_iter\": 200, \"tol\": 1e-9}', name => %s)", (name,)),
+            ("SELECT pgml.train('fz_card', 'y', 'knn', search => 'grid', "
+             "search_params => '{\"n_neighbors\": [1, 3, 5]}', name => %s)", (name,)),
             ("SELECT count(*) FROM pgml.predictions WHERE model = 'fz_card_hot' AND relation = 'fz_card'", None),
             ("SELECT count(*) FROM pgml.predictions WHERE model = 'fz_cls_svm' AND relation = 'fz_class'", None),
             ("SELECT sum(pgml.score('fz_forest', jsonb_build_object('x1', s.x1, 'x2', s.x2, 'x3', s.x3))) "
@@ -1456,7 +1466,8 @@ def fresh_database(database: str) -> None:
 
 def drop_database(database: str) -> None:
     """The fuzzer's database and its login role, gone."""
-    _as_admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", f'DROP ROLE IF EXISTS "{limited_role_name(database)}"')
+    _as_admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)",
+              f'DROP ROLE IF EXISTS "{limited_role_name(database)}"')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1467,7 +1478,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--replay", type=int, default=None, help="run only this case and print it in full")
     parser.add_argument("--database", default=SCRIPT_DATABASE)
     parser.add_argument("--keep", action="store_true", help="leave the database behind")
-    parser.add_argument("--common-errors", action="store_true", help="also print each family's most frequent clear errors")
+    parser.add_argument("--common-errors", action="store_true",
+                        help="also print each family's most frequent clear errors")
     args = parser.parse_args(argv)
 
     fresh_database(args.database)

@@ -5,6 +5,7 @@ Each test checks what is *served* (a prediction), not only what is stored.
 """
 from __future__ import annotations
 
+import psycopg2
 import pytest
 
 from conftest import Session, linear_rows, make_table
@@ -63,7 +64,7 @@ def test_failed_statement_after_training_is_never_served(db: Session, tables: No
     db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,))
     session = Session(autocommit=False)
     session.run("SAVEPOINT before_statement")  # what psql's ON_ERROR_ROLLBACK and ORMs do
-    with pytest.raises(Exception):
+    with pytest.raises(psycopg2.Error):
         session.run("SELECT pgml.train('cs_down', 'y', name => %s), 1 / 0", (name,))
     session.run("ROLLBACK TO SAVEPOINT before_statement")
     assert by_name(session, name) == pytest.approx(UP, abs=0.05)
@@ -96,7 +97,8 @@ def test_deployment_through_another_connection_is_served_next_statement(db: Sess
     for version, expected in [(2, DOWN), (1, UP)] * 25:
         db.one("SELECT pgml.deploy(%s, %s)", (name, version))
         assert by_name(reader, name) == pytest.approx(expected, abs=0.05)
-        assert reader.one("SELECT version FROM pgml.predictions WHERE model = %s AND features = '[2]'", (name,)) == version
+        assert reader.one("SELECT version FROM pgml.predictions WHERE model = %s AND features = '[2]'",
+                          (name,)) == version
     reader.close()
 
 

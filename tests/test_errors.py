@@ -105,12 +105,13 @@ def test_a_trainer_cannot_claim_another_role(db: Session, line: str, name: str) 
     trainer = role(db, "pgml_claimer", ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}",
                                         "GRANT SELECT ON err_line TO {role}"])
     session = Session(user=trainer)
-    session.run("INSERT INTO pgml.training_runs (relation, y_column, name, trained_by) VALUES ('err_line', 'y', %s, 'postgres')",
-                (name,))
+    session.run("INSERT INTO pgml.training_runs (relation, y_column, name, trained_by) "
+                "VALUES ('err_line', 'y', %s, 'postgres')", (name,))
     assert db.one("SELECT trained_by FROM pgml.model_versions WHERE name = %s", (name,)) == trainer
     assert session.error("SELECT pgml._train()").pgcode == "42501"
     session.run("CREATE TEMP TABLE claims (a int)")
-    assert session.error("CREATE TRIGGER claim AFTER INSERT ON claims FOR EACH ROW EXECUTE FUNCTION pgml._train()").pgcode == "42501"
+    assert session.error("CREATE TRIGGER claim AFTER INSERT ON claims "
+                         "FOR EACH ROW EXECUTE FUNCTION pgml._train()").pgcode == "42501"
     session.close()
 
 

@@ -152,7 +152,8 @@ def test_update_from_0_1_0_keeps_models(scratch: List[str]) -> None:
 
     db.rows("ALTER EXTENSION pgml_fdw UPDATE")
     assert db.one("SELECT extversion FROM pg_extension WHERE extname = 'pgml_fdw'") == pgml_fdw.__version__
-    for ref, model_id in (("line", "line_1"), ("line_1", "line_1"), ("flowers", "flowers_1"), ("flowers_1", "flowers_1")):
+    for ref, model_id in (("line", "line_1"), ("line_1", "line_1"),
+                          ("flowers", "flowers_1"), ("flowers_1", "flowers_1")):
         prediction, label, probabilities = db.one(
             "SELECT prediction, label, probabilities FROM pgml.predictions WHERE model = %s AND features = %s",
             (ref, FEATURES))
@@ -213,8 +214,8 @@ def test_any_database_and_role_name(scratch: List[str]) -> None:
         as_user = Db(dbname, user)
         assert as_user.one("SELECT pgml.train('line', 'y', name => 'mixed')") == "mixed_1"
         assert as_user.one("SELECT pgml.score('mixed', 2.0)") == pytest.approx(7, abs=0.01)
-        assert as_user.one(f"SELECT prediction FROM pgml.predictions WHERE model = 'mixed' AND features = '{FEATURES}'") \
-            == pytest.approx(7, abs=0.01)
+        assert as_user.one("SELECT prediction FROM pgml.predictions "
+                           f"WHERE model = 'mixed' AND features = '{FEATURES}'") == pytest.approx(7, abs=0.01)
         assert as_user.one("SELECT count(*) FROM pgml.predictions WHERE model = 'mixed' AND relation = 'line'") == 200
         assert as_user.one("SELECT pgml.deploy('mixed', 1)") == "mixed_1"
         assert db.one("SELECT owner FROM pgml.model_names WHERE name = 'mixed'") == user
@@ -258,7 +259,7 @@ def test_connections_back_are_few_and_not_superuser(db: Session, name: str) -> N
     assert db.one("SELECT srvoptions FROM pg_foreign_server WHERE srvname = 'pgml'") \
         == ["wrapper=pgml_fdw.fdw.PgmlWrapper", "serve_user=pgml_fdw", f"read_user={ADMIN}"]
     app = Session()
-    for i in range(30):
+    for _ in range(30):
         assert app.one("SELECT pgml.score(%s, 2.0)", (name,)) == pytest.approx(7, abs=0.01)
         assert app.error("SELECT pgml.score('lc_nothing', 2.0)").pgcode == "42704"
         assert app.error("SELECT prediction FROM pgml.predictions WHERE model = 'lc_nothing' AND features = '[1]'") \

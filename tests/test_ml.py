@@ -72,7 +72,8 @@ def test_deployments_and_rollback(db: Session, name: str) -> None:
     assert db.one("SELECT pgml.deploy(%s, 'rollback')", (name,)) == f"{name}_1"
     assert db.one("SELECT pgml.score(%s, 1.0)", (name,)) == pytest.approx(4, abs=0.05)
     assert db.one("SELECT pgml.deploy(%s, 'best_score')", (name,)) == f"{name}_1"
-    history = db.rows("SELECT version, strategy, deployed_by FROM pgml.deployments WHERE name = %s ORDER BY id", (name,))
+    history = db.rows("SELECT version, strategy, deployed_by FROM pgml.deployments WHERE name = %s ORDER BY id",
+                      (name,))
     assert history == [(1, "auto", "postgres"), (2, "most_recent", "postgres"), (1, "rollback", "postgres"),
                        (1, "best_score", "postgres")]
     assert "unknown deployment strategy" in db.error("SELECT pgml.deploy(%s, 'nope')", (name,)).diag.message_primary
@@ -126,7 +127,8 @@ def test_quality_with_categorical_interval_and_null_columns(db: Session, name: s
     y = 2 * hours + np.select([city == "Paris", city == "Berlin"], [30, 10], 0) + 0.5 * np.nan_to_num(age, nan=40) \
         + rng.normal(0, 3, n)
     make_table(db, "ml_mixed", "wait interval, city text, age float8, y float8",
-               [(f"{h} hours", c, None if np.isnan(a) else float(a), float(t)) for h, c, a, t in zip(hours, city, age, y)])
+               [(f"{h} hours", c, None if np.isnan(a) else float(a), float(t))
+                for h, c, a, t in zip(hours, city, age, y)])
     model_id = db.one("SELECT pgml.train('ml_mixed', 'y', name => %s)", (name,))
     ours = db.one("SELECT (metrics->>'r2')::float8 FROM pgml.models WHERE id = %s", (model_id,))
     # The notebook version: seconds for the interval, one-hot with NULL as a category, mean imputation.

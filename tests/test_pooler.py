@@ -83,11 +83,12 @@ pidfile = {workdir}/pgbouncer.pid
             try:
                 connect(port).close()
                 break
-            except psycopg2.OperationalError:
+            except psycopg2.OperationalError as exc:
                 if process.poll() is not None or time.monotonic() > deadline:
                     log = os.path.join(workdir, "pgbouncer.log")
                     raise AssertionError("pgbouncer did not start: "
-                                         + (open(log).read() if os.path.exists(log) else f"exit {process.poll()}"))
+                                         + (open(log).read() if os.path.exists(log) else f"exit {process.poll()}")) \
+                        from exc
                 time.sleep(0.05)
         yield port
     finally:

@@ -52,7 +52,8 @@ CREATE TABLE rb_names AS SELECT 'RB_LINE'::text AS name, 1 AS v;
 F_LINE = "jsonb_build_object('a', t.a, 'b', t.b)"
 F_MIXED = "jsonb_build_object('f', t.f, 'i', t.i, 's', t.s, 'iv', t.iv, 'ts', t.ts)"
 F_FRUIT = "jsonb_build_object('weight', t.weight, 'color', t.color)"
-GOOD_PREDICTION = "SELECT prediction FROM pgml.predictions WHERE model = 'rb_line' AND features = '{\"a\": 10, \"b\": 2}'"
+GOOD_PREDICTION = ("SELECT prediction FROM pgml.predictions "
+                   "WHERE model = 'rb_line' AND features = '{\"a\": 10, \"b\": 2}'")
 GOOD_VALUE = 2 * 10 + 3 * 2 + 1
 
 
@@ -113,8 +114,8 @@ CLIENT_TRAINING_ERRORS = 20  # of the client's, for the same reason
 
 # kind: (the statement, a fragment of its message, its SQLSTATE)
 PREDICTION_KINDS: Dict[str, Tuple[str, str, str]] = {
-    "unknown_model": ("SELECT prediction FROM pgml.predictions WHERE model = 'rb_no_such_model' AND features = '[1, 2]'",
-                      "no model", "42704"),
+    "unknown_model": ("SELECT prediction FROM pgml.predictions WHERE model = 'rb_no_such_model' "
+                      "AND features = '[1, 2]'", "no model", "42704"),
     "missing_feature": ("SELECT prediction FROM pgml.predictions WHERE model = 'rb_line' AND features = '{\"a\": 1}'",
                         "lacks 'b'", "22023"),
     "feature_count": ("SELECT prediction FROM pgml.predictions WHERE model = 'rb_line' AND features = '[1, 2, 3]'",
@@ -228,7 +229,8 @@ def test_a_hundred_thousand_wrapper_errors_leave_the_backend_working(db: Session
     started = time.monotonic()
     client: Dict[str, Dict[str, int]] = {}
     order = ([k for k in TRAINING_KINDS] * (CLIENT_TRAINING_ERRORS // len(TRAINING_KINDS))
-             + [list(PREDICTION_KINDS)[i % len(PREDICTION_KINDS)] for i in range(CLIENT_ERRORS - CLIENT_TRAINING_ERRORS)])
+             + [list(PREDICTION_KINDS)[i % len(PREDICTION_KINDS)]
+                for i in range(CLIENT_ERRORS - CLIENT_TRAINING_ERRORS)])
     for kind in order:
         statement, fragment, _ = {**PREDICTION_KINDS, **TRAINING_KINDS}[kind]
         error = db.error(statement.replace("bad_json", "%s"), (BAD_JSON,) if "bad_json" in statement else ())
@@ -365,15 +367,15 @@ DOCUMENTED_SHAPES: Dict[str, Tuple[str, str]] = {
                  "AND relation = 'rb_line_keyed' AND key_column = 'id'", "Foreign Scan"),
     "score": (f"SELECT pgml.score('rb_line', {F_LINE}) FROM rb_line t", "Seq Scan"),
     "score_row": ("SELECT pgml.score('rb_line', ROW(t.a, t.b)) FROM rb_line t", "Seq Scan"),
-    "lateral_mixed_types": (f"SELECT p.prediction FROM rb_mixed t CROSS JOIN LATERAL pgml.prediction('rb_mixed', {F_MIXED}) p",
-                            "Function Scan"),
+    "lateral_mixed_types": ("SELECT p.prediction FROM rb_mixed t "
+                            f"CROSS JOIN LATERAL pgml.prediction('rb_mixed', {F_MIXED}) p", "Function Scan"),
     "lateral_to_jsonb": ("SELECT p.prediction FROM rb_mixed_features t "
                          "CROSS JOIN LATERAL pgml.prediction('rb_mixed', to_jsonb(t)) p", "Function Scan"),
-    "lateral_jsonb_column": ("SELECT p.prediction FROM rb_docs t CROSS JOIN LATERAL pgml.prediction('rb_line', t.features) p",
-                             "Function Scan"),
+    "lateral_jsonb_column": ("SELECT p.prediction FROM rb_docs t "
+                             "CROSS JOIN LATERAL pgml.prediction('rb_line', t.features) p", "Function Scan"),
     "score_interval": ("SELECT pgml.score('rb_wait', '2 years'::interval)", "Result"),
-    "classify": (f"SELECT pgml.classify('rb_fruit', {F_FRUIT}), pgml.predict_proba('rb_fruit', {F_FRUIT}) FROM rb_fruit t",
-                 "Seq Scan"),
+    "classify": (f"SELECT pgml.classify('rb_fruit', {F_FRUIT}), pgml.predict_proba('rb_fruit', {F_FRUIT}) "
+                 "FROM rb_fruit t", "Seq Scan"),
 }
 EXPLAINS = ["EXPLAIN", "EXPLAIN ANALYZE", "EXPLAIN (VERBOSE)"]
 
@@ -405,7 +407,8 @@ def test_the_documented_shapes_answer_right(db: Session, models: None) -> None:
     assert len(rows) == 300
     assert all(p == pytest.approx(q, rel=1e-9) and p == pytest.approx(s, rel=1e-9) for _, p, q, s in rows)
     assert db.one("SELECT pgml.score('rb_wait', '2 years'::interval)") == pytest.approx(10 + 2 * 730.5, rel=1e-6)
-    docs = db.rows("SELECT t.id, p.prediction FROM rb_docs t CROSS JOIN LATERAL pgml.prediction('rb_line', t.features) p")
+    docs = db.rows("SELECT t.id, p.prediction FROM rb_docs t "
+                   "CROSS JOIN LATERAL pgml.prediction('rb_line', t.features) p")
     assert all(p == pytest.approx(2 * i + 3 * (i % 7) + 1, abs=1e-6) for i, p in docs)
     fruit = db.rows(f"SELECT t.kind, pgml.classify('rb_fruit', {F_FRUIT}), pgml.predict_proba('rb_fruit', {F_FRUIT}) "
                     "FROM rb_fruit t")
@@ -416,7 +419,8 @@ def test_the_documented_shapes_answer_right(db: Session, models: None) -> None:
 def test_explain_execute_of_a_prepared_prediction(db: Session, models: None, mode: str) -> None:
     pid = db.pid()
     db.run(f"SET plan_cache_mode = {mode}")
-    db.run("PREPARE rb_predict(text, jsonb) AS SELECT prediction FROM pgml.predictions WHERE model = $1 AND features = $2")
+    db.run("PREPARE rb_predict(text, jsonb) AS SELECT prediction FROM pgml.predictions "
+           "WHERE model = $1 AND features = $2")
     arguments = "('rb_line', '{\"a\": 10, \"b\": 2}')"
     for explain in EXPLAINS:
         plan = _plan(db, f"{explain} EXECUTE rb_predict{arguments}")
@@ -431,11 +435,12 @@ def test_explain_execute_of_a_prepared_prediction(db: Session, models: None, mod
 # no parameterized path reaches the scan, so they cannot run (a clear error says what to use), and
 # a plain EXPLAIN of them used to crash the backend.
 FORMERLY_CRASHING = {
-    "lateral_subquery_text_and_float": "SELECT count(q.prediction) FROM rb_mixed t CROSS JOIN LATERAL (SELECT prediction "
-                                       "FROM pgml.predictions WHERE model = 'rb_mixed' "
+    "lateral_subquery_text_and_float": "SELECT count(q.prediction) FROM rb_mixed t CROSS JOIN LATERAL ("
+                                       "SELECT prediction FROM pgml.predictions WHERE model = 'rb_mixed' "
                                        "AND features = jsonb_build_object('f', t.f, 's', t.s)) q",
-    "lateral_subquery_float_and_int": "SELECT count(q.prediction) FROM rb_points t CROSS JOIN LATERAL (SELECT prediction "
-                                      f"FROM pgml.predictions WHERE model = 'rb_line' AND features = {F_LINE}) q",
+    "lateral_subquery_float_and_int": "SELECT count(q.prediction) FROM rb_points t CROSS JOIN LATERAL ("
+                                      "SELECT prediction FROM pgml.predictions WHERE model = 'rb_line' "
+                                      f"AND features = {F_LINE}) q",
     "lateral_subquery_to_jsonb": "SELECT count(q.prediction) FROM rb_points t CROSS JOIN LATERAL (SELECT prediction "
                                  "FROM pgml.predictions WHERE model = 'rb_line' AND features = to_jsonb(t)) q",
     "lateral_subquery_jsonb_column": "SELECT count(q.prediction) FROM rb_docs t CROSS JOIN LATERAL (SELECT prediction "
@@ -476,7 +481,8 @@ LOGGED_CRASHES = {
         "SELECT prediction FROM pgml.predictions WHERE model = 'rb_line' AND features = '[10, 2]'"),
     "lateral_jsonb_build_object_with_a_jsonb_value": (
         "SELECT count(q.prediction) FROM (SELECT * FROM rb_docs LIMIT 10) r CROSS JOIN LATERAL (SELECT prediction "
-        "FROM pgml.predictions WHERE model = 'rb_line' AND features = jsonb_build_object('a', r.id, 'j', r.features)) q"),
+        "FROM pgml.predictions WHERE model = 'rb_line' "
+        "AND features = jsonb_build_object('a', r.id, 'j', r.features)) q"),
     "lateral_jsonb_build_object_float_and_text": (
         "SELECT count(q.prediction) FROM (SELECT * FROM rb_mixed LIMIT 10) r CROSS JOIN LATERAL (SELECT prediction "
         "FROM pgml.predictions WHERE model = 'rb_mixed' AND features = jsonb_build_object('f', r.f, 's', r.s)) q"),
@@ -490,8 +496,8 @@ LOGGED_CRASHES = {
         "SELECT (SELECT prediction FROM pgml.predictions WHERE model = 'rb_mixed' "
         "AND features = jsonb_build_object('f', t.f, 's', t.s)) FROM rb_mixed t"),
     "lateral_subquery_with_limit": (
-        "SELECT q.* FROM rb_mixed t CROSS JOIN LATERAL (SELECT prediction FROM pgml.predictions WHERE model = 'rb_mixed' "
-        "AND features = jsonb_build_object('f', t.f, 's', t.s) LIMIT 1) q"),
+        "SELECT q.* FROM rb_mixed t CROSS JOIN LATERAL (SELECT prediction FROM pgml.predictions "
+        "WHERE model = 'rb_mixed' AND features = jsonb_build_object('f', t.f, 's', t.s) LIMIT 1) q"),
 }
 
 
@@ -632,7 +638,8 @@ def test_no_jit_and_one_row_per_outer_row(db: Session, big: str, outer_rows: int
         check("literal", "SELECT prediction FROM pgml.predictions WHERE model = 'rb_five' "
               "AND features = '[0.1, 0.2, 0.3, 0.4, 0.5]'", {"Node Type": "Foreign Scan"}, 1)
         check("constants", "SELECT prediction FROM pgml.predictions WHERE model = 'rb_five' AND features = "
-              "jsonb_build_object('x1', 0.1, 'x2', 0.2, 'x3', 0.3, 'x4', 0.4, 'x5', 0.5)", {"Node Type": "Foreign Scan"}, 1)
+              "jsonb_build_object('x1', 0.1, 'x2', 0.2, 'x3', 0.3, 'x4', 0.4, 'x5', 0.5)",
+              {"Node Type": "Foreign Scan"}, 1)
     assert not problems, "\n".join(problems)
 
 

@@ -34,7 +34,8 @@ def data(database: None) -> None:
     db.run("ANALYZE line")  # the planner's estimate of slow_line is then its 500 rows
     # A 10,000-class target: logistic regression over it runs for minutes.
     db.run("DROP TABLE IF EXISTS many_classes")
-    db.run("CREATE TABLE many_classes AS SELECT g::float8 AS x, (g % 10000)::text AS y FROM generate_series(1, 20000) g")
+    db.run("CREATE TABLE many_classes AS SELECT g::float8 AS x, (g % 10000)::text AS y "
+           "FROM generate_series(1, 20000) g")
     # A view that takes a second per row to read.
     db.run("CREATE OR REPLACE VIEW slow_line AS SELECT x, y FROM line, LATERAL pg_sleep(1) s")
     db.close()

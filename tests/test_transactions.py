@@ -51,7 +51,8 @@ def test_rolled_back_model_is_not_served_afterwards(db: Session, line: str, name
     session = Session(autocommit=False)
     session.one("SELECT pgml.train('tx_line', 'y', name => %s)", (name,))
     session.conn.rollback()
-    error = session.error("SELECT prediction FROM pgml.predictions WHERE model = %s AND features = '[2]'", (f"{name}_1",))
+    error = session.error("SELECT prediction FROM pgml.predictions WHERE model = %s AND features = '[2]'",
+                          (f"{name}_1",))
     assert "no model" in error.pgerror
     session.close()
 
@@ -95,7 +96,8 @@ def test_first_statements_after_create_extension(name: str, database: None) -> N
                 if not autocommit:
                     conn.commit()  # the drop; the extension is made anew inside the transaction
                 cur.execute("CREATE EXTENSION pgml_fdw CASCADE")
-                cur.execute("CREATE TABLE IF NOT EXISTS t AS SELECT x::float8, 2 * x::float8 AS y FROM generate_series(1, 50) x")
+                cur.execute("CREATE TABLE IF NOT EXISTS t AS SELECT x::float8, 2 * x::float8 AS y "
+                            "FROM generate_series(1, 50) x")
                 cur.execute("SELECT pgml.train('t', 'y', name => %s)", (name,))
                 assert cur.fetchone()[0] == f"{name}_1"
                 cur.execute("SELECT pgml.score(%s, 10.0)", (name,))

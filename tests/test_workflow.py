@@ -40,13 +40,14 @@ def test_train_and_score_the_brief(db: Session, shop: str) -> None:
     model_id = db.one("SELECT pgml.train('my_data', 'total_purchases')")
     name, version = model_id.rsplit("_", 1)
     assert name == "my_data" and int(version) >= 1
-    row = db.one("SELECT task, algorithm, train_rows + test_rows, (metrics->>'r2')::float8 FROM pgml.models WHERE id = %s",
-                 (model_id,))
+    row = db.one("SELECT task, algorithm, train_rows + test_rows, (metrics->>'r2')::float8 "
+                 "FROM pgml.models WHERE id = %s", (model_id,))
     assert row[:3] == ("regression", "linear", 600)
     assert row[3] > 0.99  # the purchases are linear in the features
-    paris = db.one("SELECT pgml.score(%s, '{\"user_tenure\": \"2 years\", \"age\": 30, \"location\": \"Paris\"}'::jsonb)",
-                   (model_id,))
-    berlin = db.one("SELECT pgml.score(%s, jsonb_build_object('user_tenure', interval '2 years', 'age', 30, 'location', 'Berlin'))",
+    paris = db.one("SELECT pgml.score(%s, "
+                   "'{\"user_tenure\": \"2 years\", \"age\": 30, \"location\": \"Paris\"}'::jsonb)", (model_id,))
+    berlin = db.one("SELECT pgml.score(%s, "
+                    "jsonb_build_object('user_tenure', interval '2 years', 'age', 30, 'location', 'Berlin'))",
                     (model_id,))
     assert paris - berlin == pytest.approx(60, abs=1)  # 3 orders of 20 more
     by_name = db.one("SELECT prediction FROM pgml.predictions WHERE model = 'my_data' "
@@ -87,11 +88,12 @@ def test_insert_returning_and_listing(db: Session, name: str) -> None:
 def test_every_feature_type_with_nulls(db: Session, name: str) -> None:
     make_table(
         db, "kinds",
-        "i int, n numeric, f real, b boolean, iv interval, d date, ts timestamp, tz timestamptz, t text, v varchar(10), y float8",
+        "i int, n numeric, f real, b boolean, iv interval, d date, ts timestamp, tz timestamptz, "
+        "t text, v varchar(10), y float8",
         [
-            (k if k % 7 else None, k * 1.5, k / 3.0 if k % 5 else None, k % 2 == 0, f"{k} hours", f"2024-01-{1 + k % 28:02d}",
-             f"2024-02-01 {k % 24:02d}:00", f"2024-03-01 00:00+0{k % 3}", ["a", "b", None][k % 3], ["x", "y"][k % 2],
-             float(k) + (k % 2) * 10)
+            (k if k % 7 else None, k * 1.5, k / 3.0 if k % 5 else None, k % 2 == 0, f"{k} hours",
+             f"2024-01-{1 + k % 28:02d}", f"2024-02-01 {k % 24:02d}:00", f"2024-03-01 00:00+0{k % 3}",
+             ["a", "b", None][k % 3], ["x", "y"][k % 2], float(k) + (k % 2) * 10)
             for k in range(1, 121)
         ])
     model_id = db.one("SELECT pgml.train('kinds', 'y', name => %s)", (name,))
@@ -107,7 +109,8 @@ def test_every_feature_type_with_nulls(db: Session, name: str) -> None:
 
 def test_classification_returns_labels_and_probabilities(db: Session, name: str) -> None:
     make_table(db, "fruit", "weight float8, color text, kind text",
-               [(100 + i % 20, "red", "apple") for i in range(60)] + [(150 + i % 20, "yellow", "banana") for i in range(60)])
+               [(100 + i % 20, "red", "apple") for i in range(60)]
+               + [(150 + i % 20, "yellow", "banana") for i in range(60)])
     model_id = db.one("SELECT pgml.train('fruit', 'kind', name => %s)", (name,))
     assert db.one("SELECT task FROM pgml.models WHERE id = %s", (model_id,)) == "classification"
     label, probabilities = db.one(
