@@ -21,10 +21,19 @@ psql: up
 demo: up
 	@$(SERVER) run sh -c 'psql -X -q -e -h 127.0.0.1 -p $$PGML_PORT -U postgres -d pgml -f demo/demo.sql'
 
+NEWEST := $(or $(PGML_HOME),$(CURDIR)/.pgml)/newest
+
 # Both ends of the supported versions: the newest (a venv on this machine: linters, server-free
 # tests), then the local server's pinned ones (every test; the standby for tests/test_standby.py).
+# With PGML_TEST_DSN, every test runs in that venv against the server it names instead, and the
+# local server is not built (tests that need it are skipped).
+ifdef PGML_TEST_DSN
+test: newest
+	@PYTHONPATH=$(CURDIR) $(NEWEST)/bin/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+else
 test: newest up standby
 	@$(SERVER) run python3 -m pytest -q tests $(PYTEST_ARGS)
+endif
 
 newest:
 	@local/newest.sh

@@ -182,8 +182,9 @@ def _estimator_class(algorithm: Algorithm) -> type:
 # Parameters scikit-learn has deprecated that we still accept, because users write them (as
 # PostgresML's and scikit-learn's own examples do) and every supported scikit-learn (see
 # pgml_fdw.versions) still honours them: LogisticRegression's penalty (deprecated in 1.8 in favour
-# of l1_ratio and C=inf, removed in 1.10).
-_STILL_ACCEPTED = frozenset({"penalty"})
+# of l1_ratio and C=inf, removed in 1.10) and SVC's probability (deprecated in 1.9, which the svm
+# classifier sets for its probabilities; removed in 1.11).
+_STILL_ACCEPTED = frozenset({"penalty", "probability"})
 
 
 def _unset(value: Any) -> bool:

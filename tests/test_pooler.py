@@ -86,9 +86,8 @@ pidfile = {workdir}/pgbouncer.pid
             except psycopg2.OperationalError as exc:
                 if process.poll() is not None or time.monotonic() > deadline:
                     log = os.path.join(workdir, "pgbouncer.log")
-                    raise AssertionError("pgbouncer did not start: "
-                                         + (open(log).read() if os.path.exists(log) else f"exit {process.poll()}")) \
-                        from exc
+                    why = open(log).read() if os.path.exists(log) else f"exit {process.poll()}"
+                    raise AssertionError(f"pgbouncer did not start: {why}") from exc
                 time.sleep(0.05)
         yield port
     finally:

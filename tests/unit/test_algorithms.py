@@ -252,3 +252,11 @@ def test_json_safe_converts_numpy_and_non_finite():
     assert type(json_safe(np.int64(3))) is int
     assert json_safe(float("-inf")) is None
     assert not math.isnan(json_safe(np.float64(2.0)))
+
+
+@pytest.mark.parametrize("name, task, params", [("linear", "classification", {"penalty": "l1", "solver": "saga"}),
+                                                ("svm", "classification", {"probability": False})])
+def test_parameters_deprecated_in_newer_scikit_learn_are_accepted_on_every_supported_one(
+        name: str, task: str, params: dict) -> None:
+    estimator = make_estimator(lookup(name, task), params)
+    assert {k: estimator.get_params()[k] for k in params} == params
