@@ -290,6 +290,12 @@ class Predictions(_Table):
                 "them. To score rows one by one, use pgml.prediction(model, features) in a LATERAL join or "
                 "pgml.score(model, features) in the select list; else move pgml.predictions to the top level "
                 "of the query.")
+        if "features" not in wanted and "relation" not in wanted and not nested and plan_guard.explaining():
+            raise PgmlCannotPlanThisQuery(
+                "EXPLAIN cannot show pgml.predictions with features computed when the query runs (an "
+                "expression or a parameter): Multicorn hands the wrapper such a value unset under EXPLAIN, "
+                "and can crash the server on it. Explain the query with the features written as a constant "
+                "('{...}'::jsonb: the plan is the same), or run it without EXPLAIN.")
         if "relation" in wanted and "features" not in wanted:
             # Multicorn costs a scan rows x width: a whole relation's rows are costed at nothing
             # each, or PostgreSQL would JIT-compile a query that spends its time in Python. A join

@@ -1,16 +1,18 @@
 """Where a scan of pgml.predictions is being planned: inside a subquery, inside an EXPLAIN.
 
-Multicorn mishandles conditions whose value comes from an outer query: a plain EXPLAIN initializes
-the scan without running it, and Multicorn evaluates such a condition anyway with the outer values
-unset (a text, jsonb or whole-row value is then a null pointer, and the backend crashes); and for
-a value computed from them (a cast, a function) it reads the value's type from the wrong field.
-Multicorn 1.4 and multicorn2 alike. pgml.predictions offers no parameterized paths, so outer values
-reach its scan only from a subquery (``SELECT (SELECT prediction FROM pgml.predictions WHERE ...
-features = to_jsonb(t)) FROM t``), which PostgreSQL plans as a query of its own inside the outer
-one. While planning, the wrapper sees only the constant conditions, but it can see how it is being
-called: this module reads the backend's own call stack (glibc's ``backtrace`` and ``dladdr1``,
-read-only) and tells whether the planner is nested and whether an EXPLAIN is running, so that the
-wrapper can refuse those plans with an error instead of letting Multicorn crash the server.
+Multicorn mishandles conditions whose value is only known when the query runs (a parameter, an
+expression, a value from an outer query): EXPLAIN, with or without ANALYZE, hands such a condition
+to the wrapper with its value unset (a jsonb or whole-row value is then a null pointer, and the
+backend crashes: multicorn2 on PostgreSQL 15 does so even for ``features = jsonb_build_object(...)``
+at the top level); and for a value computed from an outer row (a cast, a function) it reads the
+value's type from the wrong field. Multicorn 1.4 and multicorn2 alike. pgml.predictions offers no
+parameterized paths, so outer values reach its scan only from a subquery (``SELECT (SELECT
+prediction FROM pgml.predictions WHERE ... features = to_jsonb(t)) FROM t``), which PostgreSQL
+plans as a query of its own inside the outer one. While planning, the wrapper sees only the
+constant conditions, but it can see how it is being called: this module reads the backend's own
+call stack (glibc's ``backtrace`` and ``dladdr1``, read-only) and tells whether the planner is
+nested and whether an EXPLAIN is running, so that the wrapper can refuse those plans with an error
+instead of letting Multicorn crash the server.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class _ElfSym(ctypes.Structure):  # Elf64_Sym
 
 
 # The functions looked for on the stack; their address ranges are found once.
-_WATCHED = ("subquery_planner", "standard_planner", "ExplainQuery")
+_WATCHED = ("subquery_planner", "standard_planner", "ExplainQuery", "standard_ExecutorRun")
 
 
 class _Stack:
@@ -78,24 +80,32 @@ _stack: Optional[_Stack] = None
 _unavailable = False
 
 
+def _functions(depth: int = _MAX_FRAMES) -> Optional[List[str]]:
+    """The watched functions on the stack (see _Stack.functions), or None outside a PostgreSQL
+    backend or where the stack cannot be read."""
+    global _stack, _unavailable
+    if _unavailable:
+        return None
+    try:
+        if _stack is None:
+            _stack = _Stack()
+        return _stack.functions(depth)
+    except (OSError, AttributeError):
+        _unavailable = True
+        return None
+
+
 def planning_subquery() -> Tuple[bool, bool]:
     """(nested, explaining): whether the planner is planning a subquery of its statement (two
     ``subquery_planner`` calls before the innermost ``standard_planner``), and, for a subquery,
     whether that statement is being explained. (False, False) at the top level, outside a
     PostgreSQL backend, or where the stack cannot be read."""
-    global _stack, _unavailable
-    if _unavailable:
-        return False, False
-    try:
-        if _stack is None:
-            _stack = _Stack()
-        # Unwinding costs per frame: the frames up to the planner's entry first, which is all a
-        # plan at the top level (the common case) needs; the whole stack only for a subquery.
-        names = _stack.functions(_NEAR_FRAMES)
-        if "standard_planner" not in names:
-            names = _stack.functions()
-    except (OSError, AttributeError):
-        _unavailable = True
+    # Unwinding costs per frame: the frames up to the planner's entry first, which is all a plan
+    # at the top level (the common case) needs; the whole stack only for a subquery.
+    names = _functions(_NEAR_FRAMES)
+    if names is not None and "standard_planner" not in names:
+        names = _functions()
+    if names is None:
         return False, False
     depth = 0
     for name in names:
@@ -105,4 +115,21 @@ def planning_subquery() -> Tuple[bool, bool]:
             depth += 1
     if depth < 2:
         return False, False
-    return True, "ExplainQuery" in _stack.functions()
+    return True, explaining()
+
+
+def explaining() -> bool:
+    """Whether the statement being planned is the one an EXPLAIN shows: an ``ExplainQuery`` outside
+    the innermost ``standard_planner`` with no other planner or executor between them (a query that
+    a function runs under EXPLAIN ANALYZE is planned inside the executor, and really runs). The
+    whole stack is read: for the plans that need to know. False outside a PostgreSQL backend or
+    where the stack cannot be read."""
+    names = _functions() or []
+    if "standard_planner" not in names:
+        return False
+    for name in names[names.index("standard_planner") + 1:]:
+        if name in ("standard_planner", "standard_ExecutorRun"):
+            return False
+        if name == "ExplainQuery":
+            return True
+    return False

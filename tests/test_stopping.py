@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable, List
+from typing import Callable, List, Optional, Tuple
 
 import psycopg2
 import pytest
@@ -45,20 +45,31 @@ def data(database: None) -> None:
 needs_proc = pytest.mark.skipif(not LOCAL_ROOT, reason=f"{NOT_LOCAL} (the backends' /proc)")
 
 
+def _stat(pid: int) -> Optional[Tuple[str, int]]:
+    """A process's command name and parent, from /proc/<pid>/stat (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            head, _, rest = f.read().rpartition(")")
+    except OSError:
+        return None
+    return head.partition("(")[2], int(rest.split()[1])
+
+
 def children(pid: int) -> List[int]:
-    """The processes whose parent is ``pid`` (the tests run where the server's /proc is mounted).
-    Elsewhere (PGML_TEST_DSN) none can be seen, and the tests that need to are skipped."""
+    """The backend ``pid``'s worker processes: its children that are forks of it (they keep its
+    command name). Others, such as the lscpu that scikit-learn's first import runs to count cores,
+    come and go at their own pace. The tests run where the server's /proc is mounted; elsewhere
+    (PGML_TEST_DSN) none can be seen, and the tests that need to are skipped."""
     if not LOCAL_ROOT:
+        return []
+    backend = _stat(pid)
+    if backend is None:
         return []
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
+            stat = _stat(int(entry))
+            if stat is not None and stat[1] == pid and stat[0] == backend[0]:
                 found.append(int(entry))
     return found
 
