@@ -290,12 +290,8 @@ class Predictions(_Table):
                 "them. To score rows one by one, use pgml.prediction(model, features) in a LATERAL join or "
                 "pgml.score(model, features) in the select list; else move pgml.predictions to the top level "
                 "of the query.")
-        if "features" not in wanted and "relation" not in wanted and not nested and plan_guard.explaining():
-            raise PgmlCannotPlanThisQuery(
-                "EXPLAIN cannot show pgml.predictions with features computed when the query runs (an "
-                "expression or a parameter): Multicorn hands the wrapper such a value unset under EXPLAIN, "
-                "and can crash the server on it. Explain the query with the features written as a constant "
-                "('{...}'::jsonb: the plan is the same), or run it without EXPLAIN.")
+        if "features" not in wanted and "relation" not in wanted and not nested:
+            self._refuse_unexplainable()
         if "relation" in wanted and "features" not in wanted:
             # Multicorn costs a scan rows x width: a whole relation's rows are costed at nothing
             # each, or PostgreSQL would JIT-compile a query that spends its time in Python. A join
@@ -305,6 +301,30 @@ class Predictions(_Table):
         # costed a little higher, so that PostgreSQL keeps planning prepared statements with their
         # parameters' values, which Multicorn handles best.
         return 1, 64 if "features" in wanted else 128, 1
+
+    @staticmethod
+    def _refuse_unexplainable() -> None:
+        """Refuses the plans of a scan whose features are computed when the query runs (an
+        expression, a parameter) that an EXPLAIN shows: Multicorn hands it the value unset, and
+        multicorn2 crashes the server on a jsonb one. A prepared statement's generic plan may be
+        explained later without being planned again: under plan_cache_mode = force_generic_plan
+        it is refused as soon as it is made. PostgreSQL's default (auto) keeps making custom
+        plans, in which parameters are constants, because rel_size costs the generic plan higher;
+        the generic plans of the scoring functions' own queries are never explained."""
+        from . import backend
+
+        if plan_guard.explaining():
+            raise PgmlCannotPlanThisQuery(
+                "EXPLAIN cannot show pgml.predictions with features computed when the query runs (an "
+                "expression or a parameter): Multicorn hands the wrapper such a value unset under EXPLAIN, "
+                "and can crash the server on it. Explain the query with the features written as a constant "
+                "('{...}'::jsonb: the plan is the same), or run it without EXPLAIN.")
+        if backend.setting("plan_cache_mode") == "force_generic_plan" and plan_guard.preparing_a_statement():
+            raise PgmlCannotPlanThisQuery(
+                "pgml.predictions cannot be prepared with its features a parameter under plan_cache_mode = "
+                "force_generic_plan: an EXPLAIN EXECUTE of that generic plan would hand Multicorn the features "
+                "unset, which can crash the server. SET plan_cache_mode = auto (the default) or "
+                "force_custom_plan for this statement, or give the features as a constant.")
 
     def _relation_rows(self, relation: Any) -> int:
         from .loading import estimated_rows

@@ -35,7 +35,7 @@ class _ElfSym(ctypes.Structure):  # Elf64_Sym
 
 
 # The functions looked for on the stack; their address ranges are found once.
-_WATCHED = ("subquery_planner", "standard_planner", "ExplainQuery", "standard_ExecutorRun")
+_WATCHED = ("subquery_planner", "standard_planner", "ExplainQuery", "standard_ExecutorRun", "GetCachedPlan")
 
 
 class _Stack:
@@ -133,3 +133,14 @@ def explaining() -> bool:
         if name == "ExplainQuery":
             return True
     return False
+
+
+def preparing_a_statement() -> bool:
+    """Whether the plan being made is a prepared statement's (PREPARE, or the extended protocol's),
+    which PostgreSQL may keep and EXPLAIN EXECUTE show later without planning again: a cached plan
+    made outside any running query. Functions prepare their queries inside one (the executor runs
+    the query that calls them), and those plans are never explained."""
+    names = _functions() or []
+    if "GetCachedPlan" not in names:
+        return False
+    return "standard_ExecutorRun" not in names[names.index("GetCachedPlan") + 1:]
