@@ -265,19 +265,19 @@ def _parse_rows(view: memoryview, pos: int, wires: Sequence[str]) -> List[np.nda
     values: List[list] = [[] for _ in wires]
     unpack_count, unpack_len = struct.Struct(">h").unpack_from, struct.Struct(">i").unpack_from
     unpack = {FLOAT: struct.Struct(">d").unpack_from, INTEGER: struct.Struct(">q").unpack_from}
-    # Text needs no unpacker: its bytes are decoded as they are.
-    kinds = [(i, wire == TEXT, unpack.get(wire, unpack[FLOAT])) for i, wire in enumerate(wires)]
+    # Text has no unpacker: its bytes are decoded as they are.
+    kinds = [(i, unpack.get(wire)) for i, wire in enumerate(wires)]
     while True:
         (count,) = unpack_count(view, pos)
         pos += 2
         if count == -1:
             break
-        for i, is_text, unpack_value in kinds:
+        for i, unpack_value in kinds:
             (length,) = unpack_len(view, pos)
             pos += 4
             if length < 0:
                 values[i].append(None)
-            elif is_text:
+            elif unpack_value is None:
                 values[i].append(str(view[pos:pos + length], "utf-8"))
             else:
                 values[i].append(unpack_value(view, pos)[0])

@@ -130,7 +130,7 @@ def _load_pickled(blob: bytes, ref: str) -> Model:
 def _differs(made_with: Dict[str, str], now: Dict[str, str]) -> bool:
     """Whether a model may predict differently here: another numpy, SciPy or scikit-learn, or
     another Python (pickles of numpy arrays and floats are exact across them, code paths are not)."""
-    return any(made_with.get(name) != now[name] for name in ("python", "numpy", "scipy", "scikit-learn"))
+    return any(made_with.get(name) != now[name] for name in versions.SUPPORTED)
 
 
 def _check_probe(model: Model, probe: Dict[str, Any], ref: str) -> None:
@@ -159,5 +159,4 @@ def _cannot_load(ref: str, made_with: Optional[Dict[str, str]], reason: str,
 
 
 def _describe(found: Dict[str, str]) -> str:
-    return ", ".join(f"{name} {found.get(name, '?')}" for name in ("python", "numpy", "scipy", "scikit-learn",
-                                                                     "pgml_fdw"))
+    return ", ".join(f"{name} {found.get(name, '?')}" for name in (*versions.SUPPORTED, "pgml_fdw"))

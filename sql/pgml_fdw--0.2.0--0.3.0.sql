@@ -27,9 +27,11 @@ $$;
 -- Every way a model is stored (a training run, a restore) fills its versions from the model itself.
 CREATE FUNCTION pgml._record_versions() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    recorded jsonb := pgml._stored_versions(NEW.estimator);
 BEGIN
-    UPDATE pgml.model_versions m SET versions = pgml._stored_versions(NEW.estimator)
-    WHERE m.id = NEW.model_id AND m.versions IS DISTINCT FROM pgml._stored_versions(NEW.estimator);
+    UPDATE pgml.model_versions m SET versions = recorded
+    WHERE m.id = NEW.model_id AND m.versions IS DISTINCT FROM recorded;
     RETURN NEW;
 END
 $$;
@@ -37,8 +39,9 @@ CREATE TRIGGER record_versions AFTER INSERT OR UPDATE OF estimator ON pgml.model
     FOR EACH ROW EXECUTE FUNCTION pgml._record_versions();
 ALTER TABLE pgml.model_estimators ENABLE ALWAYS TRIGGER record_versions;
 -- Models the 0.3.0 Python package trained before this update already say their versions.
-UPDATE pgml.model_versions m SET versions = pgml._stored_versions(e.estimator)
-FROM pgml.model_estimators e WHERE e.model_id = m.id AND pgml._stored_versions(e.estimator) IS NOT NULL;
+UPDATE pgml.model_versions m SET versions = s.versions
+FROM pgml.model_estimators e CROSS JOIN LATERAL (SELECT pgml._stored_versions(e.estimator) AS versions) s
+WHERE e.model_id = m.id AND s.versions IS NOT NULL;
 
 -- The 0.2.0 view, and the versions each model was trained with.
 CREATE OR REPLACE VIEW pgml.models AS
