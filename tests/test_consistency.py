@@ -30,6 +30,12 @@ def scored(session: Session, ref: str) -> float:
     return session.one("SELECT pgml.score(%s, 2.0)", (ref,))
 
 
+def train_up_then_down(db: Session, name: str) -> None:
+    """Version 1 of ``name`` on cs_up, deployed (it answers UP); version 2 on cs_down, not deployed."""
+    db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,))
+    db.one("SELECT pgml.train('cs_down', 'y', name => %s, deploy => false)", (name,))
+
+
 def test_rolled_back_savepoint_is_never_served(db: Session, tables: None, name: str) -> None:
     db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,))
     session = Session(autocommit=False)
@@ -74,8 +80,7 @@ def test_failed_statement_after_training_is_never_served(db: Session, tables: No
 
 
 def test_own_uncommitted_deployment_served_then_rolled_back(db: Session, tables: None, name: str) -> None:
-    db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,))
-    db.one("SELECT pgml.train('cs_down', 'y', name => %s, deploy => false)", (name,))
+    train_up_then_down(db, name)
     session = Session(autocommit=False)
     assert by_name(session, name) == pytest.approx(UP, abs=0.05)
     session.one("SELECT pgml.deploy(%s, 2)", (name,))
@@ -91,8 +96,7 @@ def test_own_uncommitted_deployment_served_then_rolled_back(db: Session, tables:
 
 
 def test_deployment_through_another_connection_is_served_next_statement(db: Session, tables: None, name: str) -> None:
-    db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,))
-    db.one("SELECT pgml.train('cs_down', 'y', name => %s, deploy => false)", (name,))
+    train_up_then_down(db, name)
     reader = Session()
     for version, expected in [(2, DOWN), (1, UP)] * 25:
         db.one("SELECT pgml.deploy(%s, %s)", (name, version))
@@ -103,8 +107,7 @@ def test_deployment_through_another_connection_is_served_next_statement(db: Sess
 
 
 def test_repeatable_read_sees_its_snapshot(db: Session, tables: None, name: str) -> None:
-    db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,))
-    db.one("SELECT pgml.train('cs_down', 'y', name => %s, deploy => false)", (name,))
+    train_up_then_down(db, name)
     session = Session(autocommit=False)
     session.run("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     assert by_name(session, name) == pytest.approx(UP, abs=0.05)
@@ -154,8 +157,7 @@ def test_concurrent_serializable_commits_of_model_changes(db: Session, tables: N
     """Publishing a change at commit must not make transactions that commit at the same time fail
     with a serialization error."""
     other = f"{name}b"
-    db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,))
-    db.one("SELECT pgml.train('cs_down', 'y', name => %s, deploy => false)", (name,))
+    train_up_then_down(db, name)
     db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (other,))
     first, second = Session(autocommit=False), Session(autocommit=False)
     for session in (first, second):
@@ -175,8 +177,7 @@ def test_settings_set_by_hand_change_nothing(db: Session, tables: None, name: st
     """pgml.changed and pgml.published are the extension's transaction-local notes: a session-level
     SET of them (which a transaction pooler hands to the next client) must not change an answer
     nor stop a deployment from being seen."""
-    db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,))
-    db.one("SELECT pgml.train('cs_down', 'y', name => %s, deploy => false)", (name,))
+    train_up_then_down(db, name)
     meddler, reader = Session(), Session()
     meddler.run("SET pgml.changed = %s", (f"1 * {name}=abc !",))
     meddler.run("SET pgml.published = 'yes'")
