@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+from pgml_fdw import versions
+from pgml_fdw.errors import PgmlError
+from pgml_fdw.jsonsafe import json_safe
+
 # First: an unsupported scikit-learn is named as such, not as a failing import of its private module.
-from pgml_fdw import versions  # noqa: F401
-from sklearn.utils._param_validation import (
+versions.check()
+
+from sklearn.utils._param_validation import (  # noqa: E402
     Interval,
     InvalidParameterError,
     StrOptions,
@@ -30,9 +35,6 @@ from sklearn.utils._param_validation import (
     _VerboseHelper,
     make_constraint,
 )
-
-from pgml_fdw.errors import PgmlError
-from pgml_fdw.jsonsafe import json_safe
 
 TASKS = ("regression", "classification")
 

@@ -23,7 +23,6 @@ import datetime as dt
 import math
 import re
 import reprlib
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from .errors import PgmlError
@@ -50,15 +49,28 @@ _BY_TYPE = {
 _BY_CATEGORY = {"N": "number", "E": "text", "S": "text"}
 
 
-@dataclass(frozen=True)
 class FeatureColumn:
     """A column of the training relation: its name, its declared type, its kind and its base type
-    (the declared type with domains resolved)."""
+    (the declared type with domains resolved). A plain class, not a dataclass: serving a model
+    loads this module, and a new connection should not pay for importing dataclasses."""
 
-    name: str
-    sql_type: str
-    kind: str
-    base_type: str = ""
+    def __init__(self, name: str, sql_type: str, kind: str, base_type: str = "") -> None:
+        self.name = name
+        self.sql_type = sql_type
+        self.kind = kind
+        self.base_type = base_type
+
+    def _fields(self) -> tuple:
+        return (self.name, self.sql_type, self.kind, self.base_type)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FeatureColumn) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "FeatureColumn(name={!r}, sql_type={!r}, kind={!r}, base_type={!r})".format(*self._fields())
 
     @property
     def is_text(self) -> bool:

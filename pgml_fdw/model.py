@@ -6,14 +6,13 @@ estimator's answer back into SQL values. :mod:`model_format` stores it.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .columns import FeatureColumn, to_number, to_text
 from . import errors
 from .errors import PgmlError
-from .single_row import fast_predictor
+from .row_encoder import RowEncoder
+from .single_row import NeedsEstimator, Predictor, fast_predictor
 
 # JSON numbers as json.loads gives them (bool, a subclass of int, is not one of them).
 _PLAIN_NUMBERS = frozenset((int, float))
@@ -22,7 +21,13 @@ Prediction = Tuple[Optional[float], Optional[str], Optional[Dict[str, float]]]
 
 
 class Model:
-    """A fitted pipeline that answers one row of JSON features, or arrays of many rows."""
+    """A fitted pipeline that answers one row of JSON features, or arrays of many rows.
+
+    One row is answered in plain Python (:mod:`row_encoder`, :mod:`single_row`), so serving a model
+    with a fast path imports neither numpy nor scikit-learn. The scikit-learn estimator is loaded
+    only when it is needed: for an estimator without a fast path, a row the fast path hands over
+    (NaN, infinity), or many rows at once.
+    """
 
     def __init__(
         self,
@@ -30,31 +35,83 @@ class Model:
         task: str,
         columns: Sequence[FeatureColumn],
         encoder: Any,
-        estimator: Any,
+        estimator: Callable[[], Any],
         classes: Optional[List[Any]] = None,
         made_with: Optional[Dict[str, str]] = None,
+        predictor: Optional[Predictor] = None,
+        known: Optional[List[int]] = None,
+        has_proba: bool = False,
     ) -> None:
+        """``encoder`` is a fitted FeatureEncoder or its ``to_data()``; ``estimator`` returns the
+        fitted estimator (called once, when first needed); ``predictor`` is its fast path, if any;
+        for classification, ``known`` lists the class indexes the estimator knows (its
+        ``classes_``: the classes of its training split) and ``has_proba`` whether it gives
+        probabilities. :meth:`fitted` works them out from an estimator at hand."""
         self.model_id = model_id
         self.task = task
         self.columns = list(columns)
-        self.encoder = encoder
-        self.estimator = estimator
         # Classification: the labels in their original form (str, bool or number), and as text.
         self.classes = classes
         # The versions of Python and its packages it was trained with (None: not recorded, 0.2).
         self.made_with = made_with
+        self._encoder = encoder
+        self._load_estimator: Optional[Callable[[], Any]] = estimator
+        self._estimator: Any = None
+        self._predictor = predictor
+        self._known = known
+        self._has_proba = has_proba
         self._setup()
+
+    @classmethod
+    def fitted(cls, model_id: str, task: str, columns: Sequence[FeatureColumn], encoder: Any, estimator: Any,
+               classes: Optional[List[Any]] = None, made_with: Optional[Dict[str, str]] = None) -> "Model":
+        """The model of a fitted FeatureEncoder and estimator."""
+        known = [int(c) for c in estimator.classes_] if classes is not None else None
+        model = cls(model_id, task, columns, encoder, lambda: estimator, classes, made_with,
+                    fast_predictor(estimator), known, hasattr(estimator, "predict_proba"))
+        model._estimator, model._load_estimator = estimator, None
+        return model
 
     def _setup(self) -> None:
         self._positions = {c.name: i for i, c in enumerate(self.columns)}
         self._names = [c.name for c in self.columns]
         self._all_numbers = all(c.kind == "number" for c in self.columns)
-        self._fast = fast_predictor(self.estimator)
+        data = self._encoder if isinstance(self._encoder, Mapping) else self._encoder.to_data()
+        self._row = RowEncoder.from_data(data)
         if self.classes is not None:
             self.labels = [label_text(c) for c in self.classes]
-            # The estimator only knows the classes present in its training split.
-            self._known = np.asarray(self.estimator.classes_, dtype=np.int64)
-            self._has_proba = hasattr(self.estimator, "predict_proba")
+
+    @property
+    def estimator(self) -> Any:
+        """The fitted scikit-learn estimator, loaded on first use."""
+        if self._load_estimator is not None:
+            self._estimator = self._load_estimator()
+            self._load_estimator = None
+        return self._estimator
+
+    @property
+    def encoder(self) -> Any:
+        """The fitted FeatureEncoder (preprocessing of many rows; it needs numpy)."""
+        if isinstance(self._encoder, Mapping):
+            from .preprocessing import FeatureEncoder
+
+            self._encoder = FeatureEncoder.from_data(self._encoder)
+        return self._encoder
+
+    @property
+    def predictor(self) -> Optional[Predictor]:
+        """The plain-Python single-row predictor, None when the estimator has no fast path."""
+        return self._predictor
+
+    @property
+    def known(self) -> Optional[List[int]]:
+        """Classification: the class indexes the estimator knows, in the order of its answers."""
+        return self._known
+
+    @property
+    def has_proba(self) -> bool:
+        """Whether the estimator gives class probabilities."""
+        return self._has_proba
 
     @property
     def version(self) -> int:
@@ -63,9 +120,9 @@ class Model:
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         """A model pickled whole by pgml_fdw 0.2 or earlier (model_format reads those too)."""
-        self.__dict__.update(state)
-        self.made_with = None
-        self._setup()
+        fitted = Model.fitted(state["model_id"], state["task"], state["columns"], state["encoder"],
+                              state["estimator"], state.get("classes"))
+        self.__dict__.update(fitted.__dict__)
 
     # -- one row -----------------------------------------------------------------------------------
 
@@ -130,23 +187,29 @@ class Model:
 
     def predict_row(self, features: Any) -> Prediction:
         """(prediction, label, probabilities) for one row of JSON features."""
-        x = self.encoder.transform_row(self.row_values(features))
+        x = self._row.encode(self.row_values(features))
         try:
             return self._predict_encoded(x)
         except ValueError as exc:  # scikit-learn's refusal of a value, e.g. beyond float32 for trees
             raise self._unscorable(exc) from exc
 
-    def _predict_encoded(self, x: np.ndarray) -> Prediction:
+    def _predict_encoded(self, x: List[float]) -> Prediction:
+        if self._predictor is not None:
+            try:
+                if self.classes is None:
+                    return float(self._predictor.predict(x)), None, None
+                assert self._known is not None
+                return self._answer(self._known[int(self._predictor.predict(x))], self._predictor.predict_proba(x))
+            except NeedsEstimator:
+                pass  # NaN or infinity: scikit-learn's own answer, or its own refusal
+        import numpy as np
+
+        X = np.array([x], dtype=np.float64)
         if self.classes is None:
-            value = self._fast.predict(x) if self._fast else self.estimator.predict(x.reshape(1, -1))[0]
-            return float(value), None, None
-        if self._fast:
-            index = self._known[int(self._fast.predict(x))]
-            proba = self._fast.predict_proba(x)
-        else:
-            index = int(self.estimator.predict(x.reshape(1, -1))[0])
-            proba = self.estimator.predict_proba(x.reshape(1, -1))[0] if self._has_proba else None
-        return self._answer(int(index), proba)
+            return float(self.estimator.predict(X)[0]), None, None
+        index = int(self.estimator.predict(X)[0])  # trained on class indices
+        proba = self.estimator.predict_proba(X)[0] if self._has_proba else None
+        return self._answer(index, proba)
 
     def _unscorable(self, exc: ValueError) -> PgmlError:
         return PgmlError(f"model {self.model_id} cannot score these features: {exc}",
@@ -154,25 +217,27 @@ class Model:
                          hint="Give values in the range of the ones it was trained on (a tree model "
                          "takes numbers up to about 3.4e38).")
 
-    def _answer(self, index: int, known_proba: Optional[np.ndarray]) -> Prediction:
+    def _answer(self, index: int, known_proba: Optional[Sequence[float]]) -> Prediction:
         label = self.classes[index]  # type: ignore[index]
         number = float(label) if isinstance(label, (bool, int, float)) else None
         probabilities = None
         if known_proba is not None:
             probabilities = {lbl: 0.0 for lbl in self.labels}
-            for k, p in zip(self._known, known_proba):
+            for k, p in zip(self._known or (), known_proba):
                 probabilities[self.labels[k]] = float(p)
         return number, self.labels[index], probabilities
 
     # -- many rows ---------------------------------------------------------------------------------
 
-    def predict_arrays(self, data: Mapping[str, np.ndarray]) -> List[Prediction]:
+    def predict_arrays(self, data: Mapping[str, Any]) -> List[Prediction]:
         """Predictions for columns of many rows (as the training loader reads them), in one pass."""
         missing = [c.name for c in self.columns if c.name not in data]
         if missing:
             raise PgmlError(f"the relation lacks the features {', '.join(missing)} of model {self.model_id}",
                             hint="Score a relation with the same columns as the one the model was trained on.",
                             sqlstate=errors.UNDEFINED_COLUMN)
+        import numpy as np
+
         X = self.encoder.transform(data)
         try:
             if self.classes is None:

@@ -5,17 +5,23 @@ A stored model is, in this order::
     b"PGMLFDW\\n"                  8 bytes: says this layout (older models are a bare pickle)
     length                       4 bytes, big-endian: the length of the header
     header                       JSON: format, versions, model id, task, columns, classes,
-                                 preprocessing, probe
+                                 preprocessing, probe, and the fast path's parameters
+    arrays                       the fast path's arrays of numbers, little-endian, as the header lists
+                                 them (format 2; none when the estimator has no fast path)
     estimator                    the scikit-learn estimator alone, pickled
 
 Nothing but the estimator is pickled, so renaming or moving a pgml_fdw class never breaks a stored
 model, and a model records the versions that made it (Python, numpy, SciPy, scikit-learn, pgml_fdw).
+A model with a fast path (:mod:`single_row`) is served from the header and the arrays alone: loading
+it imports neither numpy nor scikit-learn, and its estimator is read and unpickled only if a query
+needs it (a row with NaN or infinity, a whole relation).
 
 The *probe* is a few rows drawn at random inside the training matrix's range (never training rows)
 and the estimator's answers to them. Loaded under other versions than it was trained with, a model
 must give the same answers, or loading fails with an error that names both sets of versions and
 says to retrain: scikit-learn does not promise that a pickle works, or predicts the same, across
-its releases.
+its releases. The fast path is pgml_fdw's own code: it answers the probe again when Python or
+pgml_fdw changed, the estimator when any of the versions did.
 """
 from __future__ import annotations
 
@@ -24,18 +30,15 @@ import json
 import pickle
 import struct
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
-
-from . import errors, versions
+from . import errors, single_row, versions
 from .columns import FeatureColumn
 from .errors import PgmlError
 from .model import Model
-from .preprocessing import FeatureEncoder
 
 MAGIC = b"PGMLFDW\n"
-FORMAT = 1  # the header's layout; a reader refuses a format newer than its own
+FORMAT = 2  # the layout; a reader refuses a format newer than its own (1: no fast path arrays)
 _LENGTH = struct.Struct(">I")
 PROBE_ROWS = 8
 _PROBE_VALUES = 20_000  # at most this many numbers in a probe, however wide the matrix
@@ -54,15 +57,18 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _unpickle(data: bytes) -> Any:
+    versions.check()  # an unsupported scikit-learn is named as such, not as a failing unpickle
     with warnings.catch_warnings():
         # InconsistentVersionWarning: the probe decides whether a model still holds.
         warnings.simplefilter("ignore")
         return _Unpickler(io.BytesIO(data)).load()
 
 
-def probe_rows(X: np.ndarray) -> np.ndarray:
+def probe_rows(X: Any) -> Any:
     """Rows drawn uniformly, with a fixed seed, inside each column's range in ``X`` (the training
     matrix): the same for the same data, and none of them a training row."""
+    import numpy as np
+
     rows = max(1, min(PROBE_ROWS, _PROBE_VALUES // max(1, X.shape[1])))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a column that is all NaN (impute "none")
@@ -70,13 +76,18 @@ def probe_rows(X: np.ndarray) -> np.ndarray:
     return np.random.default_rng(0).uniform(low, high, size=(rows, X.shape[1]))
 
 
-def _answers(estimator: Any, X: np.ndarray) -> Dict[str, Any]:
+def _answers(estimator: Any, X: Any) -> Dict[str, Any]:
+    import numpy as np
+
     proba = estimator.predict_proba(X).tolist() if hasattr(estimator, "predict_proba") else None
     return {"predict": np.asarray(estimator.predict(X), dtype=np.float64).tolist(), "proba": proba}
 
 
-def dump(model: Model, probe: np.ndarray) -> bytes:
+def dump(model: Model, probe: Any) -> bytes:
     """The bytes stored for ``model``, with ``probe`` (see :func:`probe_rows`) and its answers."""
+    predictor = model.predictor
+    meta, arrays = predictor.to_data() if predictor is not None else (None, {})
+    stored = [(name, values.typecode, single_row.array_bytes(values)) for name, values in arrays.items()]
     header = {
         "format": FORMAT,
         "versions": versions.current(),
@@ -84,42 +95,88 @@ def dump(model: Model, probe: np.ndarray) -> bytes:
         "task": model.task,
         "columns": [[c.name, c.sql_type, c.kind, c.base_type] for c in model.columns],
         "classes": model.classes,
+        "known": model.known,
+        "has_proba": model.has_proba,
         "encoder": model.encoder.to_data(),
         "probe": {"rows": probe.tolist(), **_answers(model.estimator, probe)},
+        "predictor": meta,
+        "arrays": [[name, typecode, len(data)] for name, typecode, data in stored],
     }
     text = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
-    return MAGIC + _LENGTH.pack(len(text)) + text + pickle.dumps(model.estimator, protocol=4)
+    return b"".join([MAGIC, _LENGTH.pack(len(text)), text, *(data for _, _, data in stored),
+                     pickle.dumps(model.estimator, protocol=4)])
+
+
+# Reads ``count`` bytes of a stored model from ``offset`` (count None: to the end).
+Reader = Callable[[int, Optional[int]], bytes]
 
 
 def load(blob: bytes, ref: str) -> Model:
-    """The model stored as ``blob`` (``ref`` names it in errors): a clear PgmlError when this
-    server's versions cannot load it, or it would not predict what it did when it was trained."""
-    if not blob.startswith(MAGIC):
-        return _load_pickled(blob, ref)
-    (length,) = _LENGTH.unpack_from(blob, len(MAGIC))
+    """The model stored as ``blob``; see :func:`read`."""
+    return read(lambda offset, count: blob[offset:] if count is None else blob[offset:offset + count], ref)
+
+
+def read(part: Reader, ref: str) -> Model:
+    """The model ``part`` reads (``ref`` names it in errors): a clear PgmlError when this server's
+    versions cannot load it, or it would not predict what it did when it was trained.
+
+    A model with a fast path is read up to its arrays; the rest, its estimator, is read and
+    unpickled only when first needed."""
     start = len(MAGIC) + _LENGTH.size
-    header = json.loads(blob[start:start + length])
+    head = part(0, start)
+    if not head.startswith(MAGIC):
+        return _load_pickled(part(0, None), ref)
+    (length,) = _LENGTH.unpack_from(head, len(MAGIC))
+    header = json.loads(part(start, length))
     made_with = header["versions"]
     if header["format"] > FORMAT:
         raise _cannot_load(ref, made_with, f"it was stored in format {header['format']}, newer than this "
                            f"pgml_fdw's {FORMAT}", "Upgrade pgml_fdw on this server, or retrain the model here.")
+    start += length
+    sizes = [size for _, _, size in header.get("arrays", ())]
+    data = part(start, sum(sizes)) if sizes else b""
+    start += sum(sizes)
+    columns = [FeatureColumn(*c) for c in header["columns"]]
+    if header.get("predictor") is None:  # format 1, or an estimator without a fast path
+        unpickled = _estimator(part(start, None), made_with, ref)
+        model = Model.fitted(header["model_id"], header["task"], columns, header["encoder"], unpickled,
+                             header["classes"], made_with=made_with)
+        if _differs(made_with, versions.current()):
+            _check_probe(model, header["probe"], ref, _answers(unpickled, _probe_matrix(header["probe"])))
+        return model
+
+    def estimator() -> Any:
+        found = _estimator(part(start, None), made_with, ref)
+        if _differs(made_with, versions.current()):
+            _check_probe(model, header["probe"], ref, _answers(found, _probe_matrix(header["probe"])))
+        return found
+
+    arrays, at = {}, 0
+    for (name, typecode, size) in header["arrays"]:
+        arrays[name] = single_row.array_from(typecode, data[at:at + size])
+        at += size
+    model = Model(header["model_id"], header["task"], columns, header["encoder"], estimator, header["classes"],
+                  made_with, single_row.from_data(header["predictor"], arrays), header["known"], header["has_proba"])
+    if _differs(made_with, versions.serving()):
+        _check_probe(model, header["probe"], ref, _predictor_answers(model, header["probe"]["rows"]))
+    return model
+
+
+def _estimator(pickled: bytes, made_with: Dict[str, str], ref: str) -> Any:
     try:
-        estimator = _unpickle(blob[start + length:])
+        return _unpickle(pickled)
+    except PgmlError:
+        raise
     except Exception as exc:  # noqa: BLE001 - whatever the unpickling of another version's objects raises
         raise _cannot_load(ref, made_with, f"{type(exc).__name__}: {exc}") from exc
-    columns = [FeatureColumn(*c) for c in header["columns"]]
-    encoder = FeatureEncoder.from_data(header["encoder"])
-    model = Model(header["model_id"], header["task"], columns, encoder, estimator, header["classes"],
-                  made_with=made_with)
-    if _differs(made_with, versions.current()):
-        _check_probe(model, header["probe"], ref)
-    return model
 
 
 def _load_pickled(blob: bytes, ref: str) -> Model:
     """A model stored by pgml_fdw 0.2 or earlier: the whole Model pickled, versions unrecorded."""
     try:
         model = _unpickle(blob)
+    except PgmlError:
+        raise
     except Exception as exc:  # noqa: BLE001 - as in load
         raise _cannot_load(ref, None, f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(model, Model):
@@ -128,20 +185,39 @@ def _load_pickled(blob: bytes, ref: str) -> Model:
 
 
 def _differs(made_with: Dict[str, str], now: Dict[str, str]) -> bool:
-    """Whether a model may predict differently here: another numpy, SciPy or scikit-learn, or
-    another Python (pickles of numpy arrays and floats are exact across them, code paths are not)."""
-    return any(made_with.get(name) != now[name] for name in versions.SUPPORTED)
+    """Whether a model may predict differently here: another version of any package in ``now``
+    (pickles of numpy arrays and floats are exact across them, code paths are not)."""
+    return any(made_with.get(name) != version for name, version in now.items())
 
 
-def _check_probe(model: Model, probe: Dict[str, Any], ref: str) -> None:
-    rows = np.asarray(probe["rows"], dtype=np.float64)
+def _probe_matrix(probe: Dict[str, Any]) -> Any:
+    import numpy as np
+
+    return np.asarray(probe["rows"], dtype=np.float64)
+
+
+def _predictor_answers(model: Model, rows: List[List[float]]) -> Dict[str, Any]:
+    """The fast path's answers to the probe, as :func:`_answers` gives the estimator's."""
+    predictor = model.predictor
+    assert predictor is not None
     try:
-        now = _answers(model.estimator, rows)
-    except Exception as exc:  # noqa: BLE001 - an estimator of another version failing to predict
-        raise _cannot_load(ref, model.made_with, f"it fails to predict: {type(exc).__name__}: {exc}") from exc
-    same = np.allclose(now["predict"], probe["predict"], rtol=1e-9, atol=1e-12) and (
+        predict = [float(predictor.predict(row)) for row in rows]
+        proba = [predictor.predict_proba(row) for row in rows] if model.has_proba else None
+    except single_row.NeedsEstimator:
+        return {"predict": None, "proba": None}
+    if model.classes is not None:  # the estimator answers with the class indexes it knows
+        predict = [float(model.known[int(i)]) for i in predict]  # type: ignore[index]
+    return {"predict": predict, "proba": proba}
+
+
+def _check_probe(model: Model, probe: Dict[str, Any], ref: str, now: Dict[str, Any]) -> None:
+    def close(a: Any, b: Any) -> bool:
+        return len(a) == len(b) and all(
+            close(x, y) if isinstance(x, list) else abs(x - y) <= 1e-12 + 1e-9 * abs(y) for x, y in zip(a, b))
+
+    same = now["predict"] is not None and close(now["predict"], probe["predict"]) and (
         (now["proba"] is None) == (probe["proba"] is None)
-        and (now["proba"] is None or np.allclose(now["proba"], probe["proba"], rtol=1e-9, atol=1e-12)))
+        and (now["proba"] is None or close(now["proba"], probe["proba"])))
     if not same:
         raise _cannot_load(ref, model.made_with, "it predicts differently under these versions")
 

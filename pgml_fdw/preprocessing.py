@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from pgml_fdw.errors import PgmlError
+from pgml_fdw.row_encoder import RowEncoder
 
 KINDS = ("number", "text")
 PREPROCESS_KEYS = ("impute", "scale", "encode", "fill_value")
@@ -227,7 +228,7 @@ class FeatureEncoder:
         self._fitted = False
         # Learned per column, for describe(): impute value and scaling statistics / categories.
         self._stats: Dict[str, Dict[str, Any]] = {}
-        # Hot-path tables, plain Python values so transform_row does no numpy scalar work:
+        # The tables of row_encoder (the serving path), plain Python values:
         # numbers: (input index, output index, offset, divisor, output for NULL)
         self._numbers: List[Tuple[int, int, float, float, float]] = []
         # text: (input index, first output index, value -> category code, one-hot?)
@@ -370,27 +371,15 @@ class FeatureEncoder:
 
         ``values`` are in column order: float (or None / NaN) for number
         columns, str or None for text columns.  Equal to the matching row of
-        :meth:`transform`.
+        :meth:`transform` (serving uses :meth:`row_encoder`, which needs no numpy).
         """
+        return np.array(self.row_encoder().encode(values), dtype=np.float64)
+
+    def row_encoder(self) -> RowEncoder:
+        """The fitted preprocessing of one row, in plain Python."""
         if not self._fitted:
-            raise RuntimeError("FeatureEncoder.transform_row called before fit")
-        if len(values) != len(self.columns):
-            raise PgmlError(
-                f"expected {len(self.columns)} feature values, got {len(values)}",
-                hint=f"pass the features in this order: {_quote_list([c.name for c in self.columns])}",
-            )
-        # Filling a Python list and converting once is several times faster than item-by-item numpy stores.
-        out = [0.0] * self._n_outputs
-        for index, pos, offset, divisor, null_out in self._numbers:
-            x = values[index]
-            out[pos] = null_out if x is None or x != x else (x - offset) / divisor  # x != x: NaN
-        for index, first, lookup, one_hot in self._texts:
-            code = lookup.get(values[index], -1)
-            if not one_hot:
-                out[first] = code
-            elif code >= 0:
-                out[first + code] = 1.0
-        return np.array(out, dtype=np.float64)
+            raise RuntimeError("FeatureEncoder.row_encoder called before fit")
+        return RowEncoder([c.name for c in self.columns], self._numbers, self._texts, self._n_outputs)
 
     def describe(self) -> Dict[str, Dict[str, Any]]:
         """Per column, JSON-safe: kind, SQL type, the options in force, the
@@ -441,10 +430,8 @@ class FeatureEncoder:
         encoder.output_names = list(data["output_names"])
         encoder.output_sources = list(data["output_sources"])
         encoder._stats = {name: dict(stats) for name, stats in data["stats"].items()}
-        encoder._numbers = [(i, o, offset, divisor, math.nan if null_out is None else null_out)
-                            for i, o, offset, divisor, null_out in data["numbers"]]
-        encoder._texts = [(i, first, dict((value, code) for value, code in lookup), one_hot)
-                          for i, first, lookup, one_hot in data["texts"]]
+        row = RowEncoder.from_data(data)
+        encoder._numbers, encoder._texts = row.numbers, row.texts
         encoder._n_outputs = len(encoder.output_names)
         encoder._fitted = True
         return encoder

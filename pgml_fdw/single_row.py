@@ -1,305 +1,319 @@
-"""Exact fast paths for predicting one row with a fitted scikit-learn estimator.
+"""Exact single-row predictors in plain Python: no numpy, no scikit-learn.
 
-A prediction is served inside a web request, one row at a time.  There,
-``estimator.predict(x.reshape(1, -1))`` is dominated by input validation
-(tens of microseconds for a linear model) and, for forests, by joblib
-dispatch and per-tree validation (milliseconds).  :func:`fast_predictor`
-returns an object that computes the same result as scikit-learn 1.6
-without that per-call overhead:
+A prediction is served inside a web request, one row at a time, often on a connection that has not
+predicted before. There, ``estimator.predict(x.reshape(1, -1))`` is dominated by input validation
+(tens of microseconds for a linear model) and, for forests, by joblib dispatch (milliseconds), and
+importing scikit-learn costs the connection half a second and 100 MB. So at training time
+:func:`fast_predictor` reads a fitted estimator's parameters into a :class:`Predictor` that needs
+only the standard library, and :mod:`model_format` stores them beside the estimator
+(:meth:`Predictor.to_data` and :func:`from_data`):
 
-* linear models: one dot product (bit-identical to scikit-learn on one row);
-* a single decision tree: the tree's own compiled ``apply`` on a float32 row;
-* forests: all trees walked at once, one vectorized step per tree level.
+* linear models: one dot product per output (``math.fsum`` of the products, so the result is the
+  correctly rounded dot product: within a few units in the last place of scikit-learn's BLAS,
+  whose summation order depends on the CPU), then scikit-learn's link (sign, argmax, logistic,
+  softmax);
+* decision trees and forests (random forests, extra trees): every tree walked with scikit-learn's
+  own comparison (the feature rounded to float32 against the float64 threshold), leaf values
+  summed in tree order and divided by the number of trees, as scikit-learn does: bit-identical.
 
-``predict(x)`` takes a 1-D float feature vector that is already preprocessed
-and returns the value for a regressor, or the *index* into
-``estimator.classes_`` of the predicted class for a classifier.
-``predict_proba(x)`` returns a 1-D array aligned with ``estimator.classes_``,
-or None when the estimator has no ``predict_proba``.
-
-Rows the fast path does not handle (NaN or infinite values, a feature vector
-of the wrong length for trees) are handed to the estimator itself, so they get
-scikit-learn's own result or its own ``ValueError``.
-
-Predictors are cheap to rebuild, and meant to be built with
-:func:`fast_predictor` each time a model is loaded: construction takes
-microseconds for linear models and about 0.3 s for a forest of 1.3 million
-nodes.  Pickling one stores only its estimator and rebuilds it on load.  A
-predictor holds a reference to its estimator and must not be used after the
-estimator is refitted or modified.
+``predict(x)`` takes the preprocessed feature values (a sequence of floats) and returns the value
+for a regressor, or the *index* into the estimator's ``classes_`` for a classifier;
+``predict_proba(x)`` returns a list aligned with ``classes_``, or None when the estimator has no
+``predict_proba``. A row the predictor does not handle (NaN, infinity, beyond float32 for a tree,
+the wrong length) raises :class:`NeedsEstimator`: the caller then asks the estimator itself, which
+gives scikit-learn's own result or its own ``ValueError``.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Tuple, Union
+import struct
+import sys
+from array import array
+from operator import mul
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
-from scipy.special import expit
-from sklearn import ensemble, linear_model, svm, tree
-from sklearn.exceptions import NotFittedError
-from sklearn.utils.validation import check_is_fitted
-
-# Forests check whether every tree has reached a leaf once every this many
-# levels: checking at every level would make each level a third slower.
-_LEVELS_PER_CHECK = 4
+# What to_data returns and from_data takes: plain JSON data, and named arrays of numbers.
+Data = Tuple[Dict[str, Any], Dict[str, array]]
 
 
-class FastPredictor:
+class NeedsEstimator(Exception):
+    """This row must be predicted (or refused) by the scikit-learn estimator itself."""
+
+
+class Predictor:
     """Single-row predictor for one fitted estimator (see the module docstring)."""
 
-    __slots__ = ("estimator",)
-
-    def __init__(self, estimator: Any) -> None:
-        self.estimator = estimator
-
-    def __reduce__(self) -> tuple:
-        # Pickle only the estimator and rebuild on load: the precomputed arrays
-        # are derived data, and results must follow the unpickled estimator
-        # (whose arrays may come back with another memory layout).
-        return (fast_predictor, (self.estimator,))
-
-    def predict(self, x: np.ndarray) -> Union[float, int]:
+    def predict(self, x: Sequence[float]) -> Union[float, int]:
         """Predict one row: the value (regressor) or the class index (classifier)."""
         raise NotImplementedError
 
-    def predict_proba(self, x: np.ndarray) -> Optional[np.ndarray]:
-        """Class probabilities of one row, aligned with ``estimator.classes_``."""
+    def predict_proba(self, x: Sequence[float]) -> Optional[List[float]]:
+        """Class probabilities of one row, aligned with the estimator's ``classes_``."""
         return None
 
-    def _fallback_predict(self, x: np.ndarray) -> Union[float, int]:
-        """Let scikit-learn predict (or reject) a row the fast path does not handle."""
-        y = self.estimator.predict(x.reshape(1, -1))[0]
-        if hasattr(self.estimator, "classes_"):
-            # classes_ is sorted (it comes from np.unique), so this is the index.
-            return int(np.searchsorted(self.estimator.classes_, y))
-        return float(y)
-
-    def _fallback_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.estimator.predict_proba(x.reshape(1, -1))[0]
+    def to_data(self) -> Data:
+        """The predictor's parameters, for :func:`from_data`."""
+        raise NotImplementedError
 
 
-class _LinearRegressor(FastPredictor):
-    """``x @ coef_ + intercept_`` for single-output linear regressors."""
-
-    __slots__ = ("_coef", "_intercept")
-
-    def __init__(self, estimator: Any) -> None:
-        super().__init__(estimator)
-        self._coef = estimator.coef_
-        # intercept_ is 0.0, a numpy scalar or a 1-element array depending on the model.
-        self._intercept = float(np.ravel(estimator.intercept_)[0])
-
-    def predict(self, x: np.ndarray) -> float:
-        y = float(x @ self._coef) + self._intercept
-        # A NaN or infinite feature always makes the result non-finite, so
-        # only then is the input checked; scikit-learn rejects such rows.
-        if math.isfinite(y) or np.isfinite(x).all():
-            return y
-        return self._fallback_predict(x)
+def _exp(value: float) -> float:
+    try:
+        return math.exp(value)
+    except OverflowError:  # numpy and scipy give infinity
+        return math.inf
 
 
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    # Same operations, in the same order, as sklearn.utils.extmath.softmax.
-    exp = np.exp(scores - scores.max())
-    return exp / exp.sum()
+def _expit(score: float) -> float:
+    # scipy.special.expit computes 1 / (1 + exp(-x)) in double precision, with the C library's exp.
+    return 1.0 / (1.0 + _exp(-score))
 
 
-def _ovr_binary(score: float) -> np.ndarray:
-    p = expit(score)
-    return np.array([1.0 - p, p])
+def _softmax(scores: List[float]) -> List[float]:
+    # The operations of sklearn.utils.extmath.softmax, in its order.
+    top = max(scores)
+    exps = [_exp(s - top) for s in scores]
+    total = sum(exps)
+    return [e / total for e in exps]
 
 
-def _softmax_binary(score: float) -> np.ndarray:
-    return _softmax(np.array([-score, score]))
+def _ovr(scores: List[float]) -> List[float]:
+    p = [_expit(s) for s in scores]
+    total = sum(p)
+    return [v / total for v in p]
 
 
-def _ovr(scores: np.ndarray) -> np.ndarray:
-    p = expit(scores)
-    return p / p.sum()
+def _ovr_binary(scores: List[float]) -> List[float]:
+    p = _expit(scores[0])
+    return [1.0 - p, p]
 
 
-class _LinearClassifier(FastPredictor):
-    """Decision function ``x @ coef_.T + intercept_``, then sign or argmax.
+def _softmax_binary(scores: List[float]) -> List[float]:
+    return _softmax([-scores[0], scores[0]])
 
-    Binary models have one score and predict class 1 when it is positive, as
-    ``LinearClassifierMixin.predict`` does.
-    """
 
-    __slots__ = ("_binary", "_coef", "_intercept", "_proba")
+# How a linear classifier's scores become probabilities (scikit-learn's predict_proba for the fit).
+_PROBA: Dict[str, Callable[[List[float]], List[float]]] = {
+    "ovr": _ovr, "ovr_binary": _ovr_binary, "softmax": _softmax, "softmax_binary": _softmax_binary,
+}
 
-    def __init__(
-        self,
-        estimator: Any,
-        proba: Optional[Callable[[Any], np.ndarray]] = None,
-    ) -> None:
-        super().__init__(estimator)
-        # Binary models have coef_ of shape (1, n) or, for RidgeClassifier, (n,).
-        coef = np.atleast_2d(estimator.coef_)
-        self._binary = coef.shape[0] == 1
-        if self._binary:
-            self._coef = coef[0]
-            self._intercept: Union[float, np.ndarray] = float(np.ravel(estimator.intercept_)[0])
-        else:
-            # The transposed view is what scikit-learn multiplies by; keeping
-            # it makes the scores bit-identical.
-            self._coef = coef.T
-            self._intercept = np.asarray(estimator.intercept_, dtype=np.float64)
+
+class LinearPredictor(Predictor):
+    """``x @ coef.T + intercept``: a regressor's value, or a classifier's decision function, then
+    the sign (one score: class 1 when positive) or the argmax, and the probabilities."""
+
+    def __init__(self, coef: Sequence[float], intercept: Sequence[float], classifier: bool,
+                 proba: Optional[str]) -> None:
+        n_outputs = len(intercept)
+        self._n_features = len(coef) // n_outputs
+        width = self._n_features
+        self._coef = [list(coef[i * width:(i + 1) * width]) for i in range(n_outputs)]
+        self._intercept = list(intercept)
+        self._classifier = classifier
         self._proba = proba
 
-    def _scores(self, x: np.ndarray) -> Optional[Union[float, np.ndarray]]:
-        """The decision function, or None for a row with NaN or infinity."""
-        score: Union[float, np.ndarray]
-        if self._binary:
-            score = first = float(x @ self._coef) + self._intercept
-        else:
-            scores = x @ self._coef + self._intercept
-            score, first = scores, scores[0]
-        # A NaN or infinite feature makes every score non-finite, so checking
-        # one score is enough to know when the input needs checking.
-        if math.isfinite(first) or np.isfinite(x).all():
-            return score
-        return None
+    def _scores(self, x: Sequence[float]) -> List[float]:
+        if len(x) != self._n_features:
+            raise NeedsEstimator
+        try:
+            scores = [math.fsum(map(mul, x, row)) + b for row, b in zip(self._coef, self._intercept)]
+        except (OverflowError, ValueError):  # an infinite feature: fsum refuses inf - inf and overflow
+            raise NeedsEstimator from None
+        # A NaN or infinite feature makes every score non-finite; scikit-learn refuses such a row.
+        if not math.isfinite(scores[0]):
+            raise NeedsEstimator
+        return scores
 
-    def predict(self, x: np.ndarray) -> Union[float, int]:
-        score = self._scores(x)
-        if score is None:
-            return self._fallback_predict(x)
-        if isinstance(score, float):  # binary
-            return 1 if score > 0 else 0
-        return int(score.argmax())
+    def predict(self, x: Sequence[float]) -> Union[float, int]:
+        scores = self._scores(x)
+        if not self._classifier:
+            return scores[0]
+        if len(scores) == 1:
+            return 1 if scores[0] > 0 else 0
+        return max(range(len(scores)), key=scores.__getitem__)  # the first of equal maxima, as argmax
 
-    def predict_proba(self, x: np.ndarray) -> Optional[np.ndarray]:
+    def predict_proba(self, x: Sequence[float]) -> Optional[List[float]]:
         if self._proba is None:
             return None
-        score = self._scores(x)
-        if score is None:
-            return self._fallback_proba(x)
-        return self._proba(score)
+        return _PROBA[self._proba](self._scores(x))
+
+    def to_data(self) -> Data:
+        meta = {"kind": "linear", "classifier": self._classifier, "proba": self._proba}
+        coef = array("d", [c for row in self._coef for c in row])
+        return meta, {"coef": coef, "intercept": array("d", self._intercept)}
 
 
-def _logistic_proba(estimator: Any) -> Callable[[Any], np.ndarray]:
-    """The probability function LogisticRegression.predict_proba uses for this fit."""
-    # Mirrors the choice in LogisticRegression.predict_proba (scikit-learn 1.6).
+_FLOAT32 = struct.Struct("f")
+
+
+class TreesPredictor(Predictor):
+    """Decision trees, one or an averaged ensemble, stored as flat arrays of every tree's nodes.
+
+    A row goes left at a node when its feature, rounded to float32, is at most the node's threshold
+    (scikit-learn's ``apply``; thresholds are kept as the largest float32 not above them, which
+    decides every float32 the same way); leaf values are added in tree order, starting from the first tree's,
+    and divided by the number of trees, as ``predict`` and ``predict_proba`` do.
+    """
+
+    def __init__(self, roots: array, left: array, right: array, feature: array, threshold: array,
+                 value: array, n_features: int, n_classes: int) -> None:
+        self._roots, self._left, self._right = roots, left, right
+        self._feature, self._threshold, self._value = feature, threshold, value
+        self._n_features = n_features
+        self._n_classes = n_classes  # 0: a regressor, one value per node
+        self._float32 = struct.Struct(f"{n_features}f")
+
+    def _leaves(self, x: Sequence[float]) -> List[int]:
+        if len(x) != self._n_features:
+            raise NeedsEstimator
+        try:
+            x32 = self._float32.unpack(self._float32.pack(*x))
+        except (OverflowError, struct.error):  # beyond float32: scikit-learn refuses the row
+            raise NeedsEstimator from None
+        # The sum of float32 values cannot overflow a double: non-finite exactly when some value is.
+        if not math.isfinite(sum(x32)):
+            raise NeedsEstimator
+        left, right, feature, threshold = self._left, self._right, self._feature, self._threshold
+        leaves = []
+        for node in self._roots:
+            while True:
+                child = left[node]
+                if child < 0:
+                    break
+                node = child if x32[feature[node]] <= threshold[node] else right[node]
+            leaves.append(node)
+        return leaves
+
+    def _proba(self, leaves: List[int]) -> List[float]:
+        k, value = self._n_classes, self._value
+        total = list(value[leaves[0] * k:(leaves[0] + 1) * k])
+        for leaf in leaves[1:]:
+            total = [a + b for a, b in zip(total, value[leaf * k:(leaf + 1) * k])]
+        n = len(leaves)
+        return [p / n for p in total]
+
+    def predict(self, x: Sequence[float]) -> Union[float, int]:
+        leaves = self._leaves(x)
+        if self._n_classes:
+            proba = self._proba(leaves)
+            return max(range(len(proba)), key=proba.__getitem__)
+        value = self._value
+        total = value[leaves[0]]
+        for leaf in leaves[1:]:
+            total += value[leaf]
+        return total / len(leaves)
+
+    def predict_proba(self, x: Sequence[float]) -> Optional[List[float]]:
+        return self._proba(self._leaves(x)) if self._n_classes else None
+
+    def to_data(self) -> Data:
+        meta = {"kind": "trees", "n_features": self._n_features, "n_classes": self._n_classes}
+        return meta, {"roots": self._roots, "left": self._left, "right": self._right, "feature": self._feature,
+                      "threshold": self._threshold, "value": self._value}
+
+
+def from_data(meta: Dict[str, Any], arrays: Dict[str, array]) -> Predictor:
+    """The predictor :meth:`Predictor.to_data` described."""
+    if meta["kind"] == "linear":
+        return LinearPredictor(arrays["coef"], arrays["intercept"], meta["classifier"], meta["proba"])
+    if meta["kind"] == "trees":
+        return TreesPredictor(arrays["roots"], arrays["left"], arrays["right"], arrays["feature"],
+                              arrays["threshold"], arrays["value"], meta["n_features"], meta["n_classes"])
+    raise ValueError(f"unknown predictor kind {meta['kind']!r}")
+
+
+# -- reading a fitted estimator (at training time: this needs numpy and scikit-learn) ----------------
+
+def fast_predictor(estimator: Any) -> Optional[Predictor]:
+    """An exact single-row predictor for ``estimator``, or None when there is none: an unsupported
+    (or subclassed: it may override predict), unfitted or multi-output estimator."""
+    from sklearn import ensemble, linear_model, svm, tree
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    linear_regressors = {
+        linear_model.LinearRegression, linear_model.Ridge, linear_model.RidgeCV, linear_model.Lasso,
+        linear_model.LassoCV, linear_model.ElasticNet, linear_model.ElasticNetCV, linear_model.BayesianRidge,
+        linear_model.HuberRegressor, svm.LinearSVR,
+    }
+    logistic = {linear_model.LogisticRegression, linear_model.LogisticRegressionCV}
+    decision_function = {linear_model.RidgeClassifier, linear_model.RidgeClassifierCV, svm.LinearSVC}
+    trees = {tree.DecisionTreeRegressor, tree.DecisionTreeClassifier, tree.ExtraTreeRegressor,
+             tree.ExtraTreeClassifier}
+    forests = {ensemble.RandomForestRegressor, ensemble.RandomForestClassifier, ensemble.ExtraTreesRegressor,
+               ensemble.ExtraTreesClassifier}
+    kind = type(estimator)
+    if kind not in linear_regressors | logistic | decision_function | trees | forests:
+        return None
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        return None
+    if kind in linear_regressors:
+        if len(getattr(estimator.coef_, "shape", ())) != 1:
+            return None
+        return _linear(estimator, classifier=False, proba=None)
+    if kind in logistic | decision_function:
+        if kind in (linear_model.RidgeClassifier, linear_model.RidgeClassifierCV) and \
+                estimator._label_binarizer.y_type_.startswith("multilabel"):
+            return None
+        return _linear(estimator, classifier=True, proba=_logistic_proba(estimator) if kind in logistic else None)
+    if estimator.n_outputs_ != 1:
+        return None
+    return _trees([estimator] if kind in trees else list(estimator.estimators_),
+                  estimator.n_features_in_, hasattr(estimator, "classes_"))
+
+
+def _linear(estimator: Any, classifier: bool, proba: Optional[str]) -> LinearPredictor:
+    import numpy as np
+
+    # Binary classifiers have coef_ of shape (1, n) or, for RidgeClassifier, (n,).
+    coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+    intercept = np.broadcast_to(np.asarray(estimator.intercept_, dtype=np.float64).ravel(), (coef.shape[0],))
+    return LinearPredictor(coef.ravel().tolist(), intercept.tolist(), classifier, proba)
+
+
+def _logistic_proba(estimator: Any) -> str:
+    """How LogisticRegression.predict_proba turns this fit's scores into probabilities (the choice
+    scikit-learn 1.6 makes; later versions removed multi_class, whose default is the same)."""
     multi_class = getattr(estimator, "multi_class", "deprecated")
     ovr = multi_class in ("ovr", "warn") or (
-        multi_class in ("auto", "deprecated")
-        and (estimator.classes_.size <= 2 or estimator.solver == "liblinear")
-    )
+        multi_class in ("auto", "deprecated") and (estimator.classes_.size <= 2 or estimator.solver == "liblinear"))
     binary = estimator.coef_.shape[0] == 1
     if ovr:
-        return _ovr_binary if binary else _ovr
-    return _softmax_binary if binary else _softmax
+        return "ovr_binary" if binary else "ovr"
+    return "softmax_binary" if binary else "softmax"
 
 
-class _TreePredictor(FastPredictor):
-    """One decision tree, walked by the tree's own compiled ``apply``.
+def _trees(estimators: List[Any], n_features: int, classifier: bool) -> TreesPredictor:
+    import numpy as np
 
-    Going through ``tree_.apply`` keeps scikit-learn's exact comparison
-    (float32 feature against float64 threshold) at no extra cost.
-    """
+    nodes = [e.tree_ for e in estimators]
+    offsets = np.concatenate(([0], np.cumsum([t.node_count for t in nodes])[:-1])).astype(np.int64)
 
-    __slots__ = ("_tree", "_shape", "_value", "_leaf_class")
+    def joined(field: str, typecode: str, shift: bool = False) -> array:
+        parts = []
+        for t, offset in zip(nodes, offsets):
+            values = np.asarray(getattr(t, field))
+            if shift:  # children as indexes into the joined arrays; leaves keep -1
+                values = np.where(values >= 0, values + offset, -1)
+            parts.append(values)
+        return _array(typecode, np.concatenate(parts))
 
-    def __init__(self, estimator: Any) -> None:
-        super().__init__(estimator)
-        self._tree = estimator.tree_
-        self._shape = (estimator.n_features_in_,)
-        value = estimator.tree_.value[:, 0, :]
-        if hasattr(estimator, "classes_"):
-            # In scikit-learn >= 1.4 a classifier's node values are class
-            # fractions, returned as they are by predict_proba.
-            self._value = value.copy()
-            self._leaf_class = value.argmax(axis=1)
-        else:
-            self._value = value[:, 0].copy()
-            self._leaf_class = None
-
-    def _leaf(self, x: np.ndarray) -> Optional[int]:
-        """The leaf reached by ``x``, or None when scikit-learn must handle the row."""
-        if x.shape != self._shape:
-            return None
-        x32 = x.astype(np.float32)
-        # The sum of the float32 values as Python floats cannot overflow, so it
-        # is non-finite exactly when some value is (including float32 overflow).
-        if not math.isfinite(sum(x32.tolist())):
-            return None
-        return int(self._tree.apply(x32.reshape(1, -1))[0])
-
-    def predict(self, x: np.ndarray) -> Union[float, int]:
-        leaf = self._leaf(x)
-        if leaf is None:
-            return self._fallback_predict(x)
-        if self._leaf_class is None:
-            return float(self._value[leaf])
-        return int(self._leaf_class[leaf])
-
-    def predict_proba(self, x: np.ndarray) -> Optional[np.ndarray]:
-        if self._leaf_class is None:
-            return None
-        leaf = self._leaf(x)
-        if leaf is None:
-            return self._fallback_proba(x)
-        return self._value[leaf].copy()
+    # In scikit-learn >= 1.4 a classifier's node values are class fractions, which predict_proba
+    # returns as they are; a regressor's are the leaf means.
+    values = np.concatenate([t.value[:, 0, :] for t in nodes])
+    n_classes = values.shape[1] if classifier else 0
+    threshold = _float32_round_down(np.concatenate([t.threshold for t in nodes]))
+    return TreesPredictor(_array("i", offsets), joined("children_left", "i", True), joined("children_right", "i", True),
+                          joined("feature", "i"), _array("f", threshold),
+                          _array("d", values if classifier else values[:, 0]), n_features, n_classes)
 
 
-def _flatten_forest(
-    trees: List[Any],
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenate the trees of a forest into flat arrays for a vectorized walk.
+def _float32_round_down(threshold: Any) -> Any:
+    """The largest float32 not above each float64 threshold: for a float32 ``x``, ``x <= t`` holds
+    exactly when ``x <= round_down_32(t)``, so thresholds are stored in half the space."""
+    import numpy as np
 
-    Nodes are renumbered breadth-first so that the two children of a node are
-    adjacent: the child reached from node ``n`` is ``first[n] + (x > threshold)``.
-    Tree ``t``'s root is node ``t``.  Leaves point to themselves with an
-    infinite threshold, so trees that reach a leaf early stay there.
-
-    Returns ``(first, feature, threshold, order)``: ``threshold`` is float32
-    (see below) and ``order[new_id]`` is the node's index in the concatenation
-    of the trees' own node arrays.
-    """
-    counts = np.array([t.node_count for t in trees], dtype=np.intp)
-    offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    shift = np.repeat(offsets, counts)
-    left = np.concatenate([t.children_left for t in trees]).astype(np.intp)
-    right = np.concatenate([t.children_right for t in trees]).astype(np.intp)
-    split = left >= 0  # scikit-learn marks leaves with child -1
-    left = np.where(split, left + shift, -1)
-    right = np.where(split, right + shift, -1)
-
-    new_id = np.empty(len(left), dtype=np.intp)
-    first = np.empty(len(left), dtype=np.intp)
-    new_id[offsets] = np.arange(len(trees))
-    frontier = offsets
-    next_free = len(trees)
-    while frontier.size:
-        is_parent = split[frontier]
-        parents = frontier[is_parent]
-        children = next_free + 2 * np.arange(parents.size)
-        new_id[left[parents]] = children
-        new_id[right[parents]] = children + 1
-        first[new_id[parents]] = children
-        leaves = new_id[frontier[~is_parent]]
-        first[leaves] = leaves
-        next_free += 2 * parents.size
-        frontier = np.column_stack((left[parents], right[parents])).ravel()
-
-    order = np.empty_like(new_id)
-    order[new_id] = np.arange(len(new_id))
-    is_split = split[order]
-    feature = np.where(is_split, np.concatenate([t.feature for t in trees])[order], 0)
-    threshold = np.where(
-        is_split, np.concatenate([t.threshold for t in trees])[order], np.inf
-    )
-    return first, feature.astype(np.intp), _float32_round_down(threshold), order
-
-
-def _float32_round_down(threshold: np.ndarray) -> np.ndarray:
-    """The largest float32 not above each float64 threshold.
-
-    scikit-learn compares a float32 feature with a float64 threshold.  For a
-    float32 ``x``, ``x > t`` holds exactly when ``x > round_down_32(t)``, so
-    the walk can compare float32 with float32, which numpy does much faster
-    than a mixed comparison.
-    """
     with np.errstate(over="ignore"):  # thresholds beyond float32 become +-inf
         rounded = threshold.astype(np.float32)
     above = rounded > threshold
@@ -307,117 +321,27 @@ def _float32_round_down(threshold: np.ndarray) -> np.ndarray:
     return rounded
 
 
-class _ForestPredictor(FastPredictor):
-    """All trees of a forest walked at once, one numpy step per tree level.
+def _array(typecode: str, values: Any) -> array:
+    import numpy as np
 
-    Each step costs a handful of numpy calls on an array of one node index per
-    tree, so a row costs about 2 microseconds per level of the deepest path
-    it takes, whatever the number of trees.  Leaf values are summed in tree
-    order and divided by the number of trees, as scikit-learn does, so
-    results are bit-identical to ``predict``/``predict_proba`` with
-    ``n_jobs=1`` (threads may sum in another order).
-    """
-
-    __slots__ = ("_shape", "_first", "_feature", "_threshold", "_value",
-                 "_roots", "_n_trees", "_classifier")
-
-    def __init__(self, estimator: Any) -> None:
-        super().__init__(estimator)
-        trees = [e.tree_ for e in estimator.estimators_]
-        self._first, self._feature, self._threshold, order = _flatten_forest(trees)
-        value = np.concatenate([t.value[:, 0, :] for t in trees])[order]
-        self._classifier = hasattr(estimator, "classes_")
-        self._value = value if self._classifier else value[:, 0].copy()
-        self._shape = (estimator.n_features_in_,)
-        self._roots = np.arange(len(trees))
-        self._n_trees = len(trees)
-
-    def _leaves(self, x: np.ndarray) -> Optional[np.ndarray]:
-        """The leaf reached in each tree, or None when scikit-learn must handle the row."""
-        if x.shape != self._shape:
-            return None
-        x32 = x.astype(np.float32)
-        # See _TreePredictor._leaf: non-finite exactly when some value is.
-        if not math.isfinite(sum(x32.tolist())):
-            return None
-        first, feature, threshold = self._first, self._feature, self._threshold
-        nodes = self._roots
-        while True:
-            for _ in range(_LEVELS_PER_CHECK):
-                previous = nodes
-                nodes = first[nodes] + (x32[feature[nodes]] > threshold[nodes])
-            # A node that is not a leaf always moves, so no move means done.
-            if not np.count_nonzero(nodes != previous):
-                return nodes
-
-    def _proba(self, leaves: np.ndarray) -> np.ndarray:
-        # accumulate adds row by row in tree order, like the forest's loop.
-        return np.add.accumulate(self._value[leaves], axis=0)[-1] / self._n_trees
-
-    def predict(self, x: np.ndarray) -> Union[float, int]:
-        leaves = self._leaves(x)
-        if leaves is None:
-            return self._fallback_predict(x)
-        if self._classifier:
-            return int(self._proba(leaves).argmax())
-        return float(np.add.accumulate(self._value[leaves])[-1]) / self._n_trees
-
-    def predict_proba(self, x: np.ndarray) -> Optional[np.ndarray]:
-        if not self._classifier:
-            return None
-        leaves = self._leaves(x)
-        if leaves is None:
-            return self._fallback_proba(x)
-        return self._proba(leaves)
+    dtype = {"d": np.float64, "f": np.float32, "i": np.int32}[typecode]
+    out = array(typecode)
+    out.frombytes(np.ascontiguousarray(values, dtype=dtype).tobytes())
+    return out
 
 
-# Exact types, not isinstance: a subclass may override predict.
-_LINEAR_REGRESSORS = frozenset({
-    linear_model.LinearRegression, linear_model.Ridge, linear_model.RidgeCV,
-    linear_model.Lasso, linear_model.LassoCV, linear_model.ElasticNet,
-    linear_model.ElasticNetCV, linear_model.BayesianRidge,
-    linear_model.HuberRegressor, svm.LinearSVR,
-})
-_LOGISTIC = frozenset({linear_model.LogisticRegression, linear_model.LogisticRegressionCV})
-_RIDGE_CLASSIFIERS = frozenset({linear_model.RidgeClassifier, linear_model.RidgeClassifierCV})
-_TREES = frozenset({
-    tree.DecisionTreeRegressor, tree.DecisionTreeClassifier,
-    tree.ExtraTreeRegressor, tree.ExtraTreeClassifier,
-})
-_FORESTS = frozenset({
-    ensemble.RandomForestRegressor, ensemble.RandomForestClassifier,
-    ensemble.ExtraTreesRegressor, ensemble.ExtraTreesClassifier,
-})
-_SUPPORTED = (_LINEAR_REGRESSORS | _LOGISTIC | _RIDGE_CLASSIFIERS | {svm.LinearSVC}
-              | _TREES | _FORESTS)
+def array_bytes(values: array) -> bytes:
+    """An array's bytes, little-endian whatever this machine's order (as model_format stores them)."""
+    if sys.byteorder == "big":
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
 
 
-def fast_predictor(estimator: Any) -> Optional[FastPredictor]:
-    """Build an exact single-row predictor for ``estimator``.
-
-    Returns None when there is no fast path: an unsupported or unfitted
-    estimator, or a multi-output one.  The caller then uses
-    ``estimator.predict(x.reshape(1, -1))``.
-    """
-    kind = type(estimator)
-    if kind not in _SUPPORTED:
-        return None
-    try:
-        check_is_fitted(estimator)
-    except NotFittedError:
-        return None
-    if kind in _LINEAR_REGRESSORS:
-        return _LinearRegressor(estimator) if np.ndim(estimator.coef_) == 1 else None
-    if kind in _LOGISTIC:
-        return _LinearClassifier(estimator, _logistic_proba(estimator))
-    if kind in _RIDGE_CLASSIFIERS:
-        if estimator._label_binarizer.y_type_.startswith("multilabel"):
-            return None
-        return _LinearClassifier(estimator)
-    if kind is svm.LinearSVC:
-        return _LinearClassifier(estimator)
-    if estimator.n_outputs_ != 1:
-        return None
-    if kind in _TREES:
-        return _TreePredictor(estimator)
-    return _ForestPredictor(estimator)
+def array_from(typecode: str, data: bytes) -> array:
+    """The array :func:`array_bytes` wrote."""
+    values = array(typecode)
+    values.frombytes(data)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values

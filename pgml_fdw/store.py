@@ -26,6 +26,7 @@ from .errors import PgmlError
 from .model import Model
 
 CACHE_SIZE = 32
+_PREFIX = 65536  # bytes of a stored model read at once when it is loaded
 _VERSIONED = re.compile(r"^(.*)_(\d+)$")
 UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _EVERYTHING = "*"  # in a context: the caller's transaction truncated the model tables
@@ -102,19 +103,40 @@ class ModelStore:
     def _load(self, uid: str, ref: str) -> Model:
         model = self._models.get(uid)
         if model is None:
-            rows = self.server.fetch(
-                "SELECT e.estimator FROM pgml.model_versions m JOIN pgml.model_estimators e ON e.model_id = m.id "
-                "WHERE m.uid = %s", (uid,))
-            if not rows:
-                # Resolved in the caller's snapshot, yet not committed: made by another session of
-                # this transaction's own (a restore, an INSERT), which this connection cannot see.
-                raise PgmlError(f'model "{ref}" is not committed yet', sqlstate=errors.UNDEFINED_OBJECT,
-                                hint="Commit the transaction that stored it, then predict.")
-            model = bytes(rows[0][0])
-        if isinstance(model, bytes):
-            model = model_format.load(model, ref)
+            model = model_format.read(self._reader(uid, ref), ref)
+        elif isinstance(model, bytes):
+            model = model_format.load(model, ref)  # trained in this transaction: no other connection sees it
         self._remember(uid, model)
         return model
+
+    def _reader(self, uid: str, ref: str) -> model_format.Reader:
+        """Reads parts of a stored model, with its first bytes fetched at once (usually the header
+        and a linear model's arrays): nothing is kept but what a part needs, and a model with a fast
+        path never reads its pickled estimator unless a query needs it."""
+        prefix: Optional[bytes] = None
+
+        def part(offset: int, count: Optional[int]) -> bytes:
+            nonlocal prefix
+            if prefix is None:
+                prefix = self._fetch(uid, ref, 0, _PREFIX)
+            whole = len(prefix) < _PREFIX  # the model is shorter than the prefix: it is all here
+            if whole or (count is not None and offset + count <= len(prefix)):
+                return prefix[offset:] if count is None else prefix[offset:offset + count]
+            return self._fetch(uid, ref, offset, count)
+
+        return part
+
+    def _fetch(self, uid: str, ref: str, offset: int, count: Optional[int]) -> bytes:
+        rows = self.server.fetch(
+            "SELECT substring(e.estimator FROM %s FOR coalesce(%s, length(e.estimator))) "
+            "FROM pgml.model_versions m JOIN pgml.model_estimators e ON e.model_id = m.id WHERE m.uid = %s",
+            (offset + 1, count, uid))
+        if not rows:
+            # Resolved in the caller's snapshot, yet not committed: made by another session of
+            # this transaction's own (a restore, an INSERT), which this connection cannot see.
+            raise PgmlError(f'model "{ref}" is not committed yet', sqlstate=errors.UNDEFINED_OBJECT,
+                            hint="Commit the transaction that stored it, then predict.")
+        return bytes(rows[0][0])
 
     def _remember(self, uid: str, model: Union[bytes, Model]) -> None:
         self._models[uid] = model

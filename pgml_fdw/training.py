@@ -260,7 +260,7 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
             warnings.simplefilter("ignore", FutureWarning)
             estimator.fit(X_train, y_train)
 
-    model = Model(options.model_id, task, columns, encoder, estimator, classes, made_with=versions.current())
+    model = Model.fitted(options.model_id, task, columns, encoder, estimator, classes, made_with=versions.current())
     measured = _evaluate(model, X_test, y_test, task, len(classes) if classes else None)
     method, values = importance.feature_importance(estimator, X_test, y_test, task)
     details = {

@@ -5,20 +5,17 @@ versions, and the newest from PyPI); pyproject.toml states the same ranges, and 
 the two equal. scikit-learn is capped below the next release because pgml_fdw reproduces its
 single-row predictions exactly (single_row.py) and passes parameters it has deprecated (algorithms.py).
 
-Importing this module imports numpy, SciPy and scikit-learn, so the modules that need them import it
-first: a server whose Python has an unsupported version fails on the first training or prediction
-with an error that says which package to change, instead of a wrong answer or a traceback.
+The modules that need numpy, SciPy and scikit-learn call :func:`check` first (algorithms.py when
+it is imported, model_format.py before it unpickles an estimator): a server whose Python has an
+unsupported version fails on the first training, or on the first prediction that needs
+scikit-learn, with an error that says which package to change, instead of a wrong answer or a
+traceback. Serving a model through its plain-Python fast path imports none of them.
 """
 from __future__ import annotations
 
-import platform
 import re
 import sys
 from typing import Dict, Optional, Tuple
-
-import numpy
-import scipy
-import sklearn
 
 from . import __version__, errors
 from .errors import PgmlError
@@ -55,18 +52,24 @@ def spec(name: str) -> str:
 
 
 def current() -> Dict[str, str]:
-    """The versions this process runs, as recorded with every model it trains."""
-    return {
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "scikit-learn": sklearn.__version__,
-        "pgml_fdw": __version__,
-    }
+    """The versions this process runs, as recorded with every model it trains (this imports
+    numpy, SciPy and scikit-learn)."""
+    import numpy
+    import scipy
+    import sklearn
+
+    return {**serving(), "numpy": numpy.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__}
 
 
-def check(found: Dict[str, str]) -> None:
-    """Raises PgmlError naming the first package of ``found`` outside its supported range."""
+def serving() -> Dict[str, str]:
+    """The versions a model's plain-Python fast path depends on: Python's and pgml_fdw's."""
+    return {"python": sys.version.split()[0], "pgml_fdw": __version__}  # platform.python_version(), unimported
+
+
+def check(found: Optional[Dict[str, str]] = None) -> None:
+    """Raises PgmlError naming the first package of ``found`` (by default :func:`current`) outside
+    its supported range."""
+    found = current() if found is None else found
     for name, (low, high) in SUPPORTED.items():
         version = parse(found[name])
         if version[:len(low)] < low or (high is not None and version[:len(high)] >= high):
@@ -80,5 +83,3 @@ def check(found: Dict[str, str]) -> None:
                             f"it needs {spec(name)}",
                             hint=fix, sqlstate=errors.FEATURE_NOT_SUPPORTED)
 
-
-check(current())

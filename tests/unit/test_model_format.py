@@ -32,15 +32,16 @@ def _close(got: List[Any], want: List[Any]) -> None:
         assert list(got[2].values()) == pytest.approx(list(want[2].values()), rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.parametrize("folder", ["current", "legacy"])
+@pytest.mark.parametrize("folder", ["current", "format1", "legacy"])
 @pytest.mark.parametrize("name", [m[0] for m in make.MODELS])
 def test_stored_models_load_and_predict_as_when_trained(folder: str, name: str) -> None:
-    # current: stored by this pgml_fdw under scikit-learn 1.6.1; legacy: stored by pgml_fdw 0.2.0.
+    # current: stored by this pgml_fdw under scikit-learn 1.6.1; format1: by pgml_fdw 0.3.0 (no fast
+    # path arrays), legacy: by pgml_fdw 0.2.0.
     expected = json.loads((STORED / folder / "expected.json").read_text())[name]
     model = model_format.load((STORED / folder / f"{name}.model").read_bytes(), f"{name}_1")
     for features, want in zip(make.FEATURES, expected):
         _close(list(model.predict_row(features)), want)
-    if folder == "current":
+    if folder != "legacy":
         assert model.made_with is not None and model.made_with["scikit-learn"] == "1.6.1"
     else:
         assert model.made_with is None
@@ -52,18 +53,24 @@ def trained() -> Any:
 
 
 def _split(blob: bytes) -> tuple:
+    """The header, and what follows it: the fast path's arrays and the estimator, as one."""
     (length,) = struct.unpack_from(">I", blob, len(model_format.MAGIC))
     start = len(model_format.MAGIC) + 4
     return json.loads(blob[start:start + length]), blob[start + length:]
 
 
-def _join(header: Dict[str, Any], estimator: bytes) -> bytes:
+def _join(header: Dict[str, Any], rest: bytes) -> bytes:
     text = json.dumps(header).encode()
-    return model_format.MAGIC + struct.pack(">I", len(text)) + text + estimator
+    return model_format.MAGIC + struct.pack(">I", len(text)) + text + rest
+
+
+def _estimator(header: Dict[str, Any], rest: bytes) -> bytes:
+    return rest[sum(size for _, _, size in header["arrays"]):]
 
 
 def test_only_the_estimator_is_pickled_and_it_names_no_pgml_fdw_class(trained: Any) -> None:
-    header, estimator = _split(model_format.dump(trained.model, trained.probe))
+    header, rest = _split(model_format.dump(trained.model, trained.probe))
+    estimator = _estimator(header, rest)
     assert header["versions"] == versions.current()
     assert header["columns"][2] == ["city", "text", "text", "text"]
     assert header["classes"] == ["high", "low", "mid"]
@@ -100,32 +107,66 @@ def test_other_versions_that_predict_the_same_load(trained: Any) -> None:
 
 
 def test_other_versions_that_predict_differently_are_refused_naming_both(trained: Any) -> None:
-    header, estimator = _split(model_format.dump(trained.model, trained.probe))
+    header, rest = _split(model_format.dump(trained.model, trained.probe))
     header["versions"]["scikit-learn"] = "1.6.0"
     header["probe"]["proba"][0][0] += 1e-6
+    # The fast path is pgml_fdw's own code, unchanged: it serves; the estimator, when first needed,
+    # is refused.
+    model = model_format.load(_join(header, rest), "logistic_1")
+    assert model.predict_row(make.FEATURES[0]) == trained.model.predict_row(make.FEATURES[0])
     with pytest.raises(PgmlError) as caught:
-        model_format.load(_join(header, estimator), "logistic_1")
+        assert model.estimator is None
     assert caught.value.message.startswith('model "logistic_1" cannot be used on this server (python ')
     assert f"scikit-learn {versions.current()['scikit-learn']}" in caught.value.message
     assert "predicts differently" in caught.value.message
     assert "It was trained with" in caught.value.hint and "scikit-learn 1.6.0" in caught.value.hint
     assert "Retrain it here" in caught.value.hint
+    # Another pgml_fdw: the fast path answers the probe when the model loads.
+    header["versions"]["pgml_fdw"] = "0.0.1"
+    with pytest.raises(PgmlError, match="predicts differently") as caught:
+        model_format.load(_join(header, rest), "logistic_1")
+    assert "pgml_fdw 0.0.1" in caught.value.hint
     # The same versions as now: the probe is not consulted (nothing can have changed).
     header["versions"] = versions.current()
-    model_format.load(_join(header, estimator), "logistic_1")
+    assert model_format.load(_join(header, rest), "logistic_1").estimator is not None
+
+
+def test_a_model_with_a_fast_path_reads_its_estimator_only_when_needed(trained: Any) -> None:
+    blob = model_format.dump(trained.model, trained.probe)
+    read: List[Any] = []
+
+    def part(offset: int, count: Any) -> bytes:
+        read.append(count)
+        return blob[offset:] if count is None else blob[offset:offset + count]
+
+    model = model_format.read(part, "logistic_1")
+    for features in make.FEATURES:
+        model.predict_row(features)
+    assert None not in read and sum(read) < len(blob)
+    many = model.predict_arrays({"size": np.array([50.0]), "rooms": np.array([2.0]),
+                                 "city": np.array(["paris"], dtype=object)})
+    assert read[-1] is None
+    assert many[0][1] == model.predict_row(make.FEATURES[0])[1]
 
 
 def test_a_newer_format_and_an_unreadable_estimator_are_clear_errors(trained: Any) -> None:
-    header, estimator = _split(model_format.dump(trained.model, trained.probe))
+    header, rest = _split(model_format.dump(trained.model, trained.probe))
     newer = {**header, "format": model_format.FORMAT + 1}
     with pytest.raises(PgmlError, match="newer than this pgml_fdw's") as caught:
-        model_format.load(_join(newer, estimator), "logistic_1")
+        model_format.load(_join(newer, rest), "logistic_1")
     assert "Upgrade pgml_fdw" in caught.value.hint
     # An estimator class this scikit-learn does not have, as after a removal.
-    broken = estimator.replace(b"LogisticRegression", b"LogisticRegressioX")
+    broken = model_format.load(_join(header, rest.replace(b"LogisticRegression", b"LogisticRegressioX")),
+                               "logistic_1")
     with pytest.raises(PgmlError, match="cannot be used on this server .*AttributeError") as caught:
-        model_format.load(_join(header, broken), "logistic_1")
+        assert broken.estimator is None
     assert caught.value.sqlstate == "0A000"
+    # Without a fast path, the estimator is read when the model loads.
+    header = {**header, "predictor": None, "arrays": []}
+    estimator = _estimator(_split(model_format.dump(trained.model, trained.probe))[0], rest)
+    with pytest.raises(PgmlError, match="cannot be used on this server .*AttributeError"):
+        model_format.load(_join(header, estimator.replace(b"LogisticRegression", b"LogisticRegressioX")),
+                          "logistic_1")
 
 
 def test_a_legacy_blob_that_is_not_a_model_is_refused() -> None:

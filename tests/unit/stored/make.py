@@ -4,8 +4,10 @@ They are trained here once, under the local server's pinned versions (local/requ
 committed: under the newest versions (the host run of ``make test``) they are models from another
 scikit-learn, as a user's are after an upgrade; in later releases, models from an older pgml_fdw.
 
-    local/server.sh run python3 tests/unit/stored/make.py           # format of this checkout
-    local/server.sh run python3 tests/unit/stored/make.py --legacy  # with PYTHONPATH on pgml_fdw 0.2.0
+    local/server.sh run python3 tests/unit/stored/make.py           # current/: format of this checkout
+    local/server.sh run python3 tests/unit/stored/make.py --legacy  # legacy/: with PYTHONPATH on pgml_fdw 0.2.0
+
+format1/ holds the same models as pgml_fdw 0.3.0 stored them (format 1: no fast path arrays).
 
 Each model is ``<name>.model`` (the bytes pgml.model_estimators holds) and ``expected.json`` has its
 answers to FEATURES, as predict_row gave them when it was made.
