@@ -5,11 +5,9 @@ import json
 from itertools import repeat
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-import psycopg2
-
 from .columns import FeatureColumn
 from .connection import ServerConnection
-from . import backend, errors, isolation
+from . import backend, errors, isolation, libpq
 from .errors import PgmlError
 from .loading import INTEGER, TEXT, feature_field, read_columns, relation_columns
 from .model import Model, Prediction
@@ -49,8 +47,8 @@ def score_relation(server: ServerConnection, model: Model, relation: str,
     """
     try:
         rows = server.fetch("SELECT to_regclass(%s)::text", (relation,))
-    except psycopg2.Error as exc:  # not even a name: '"unterminated', 'a.b.c.d'
-        raise PgmlError(f"relation {relation!r} is not a valid name: {exc.diag.message_primary}",
+    except libpq.Error as exc:  # not even a name: '"unterminated', 'a.b.c.d'
+        raise PgmlError(f"relation {relation!r} is not a valid name: {exc.message_primary}",
                         sqlstate=errors.INVALID_NAME,
                         hint="Name a table or view, schema-qualified unless it is in public.") from exc
     if rows[0][0] is None:

@@ -1,26 +1,26 @@
 """Connections from the wrapper back to its own database.
 
 Multicorn runs inside a PostgreSQL backend but offers no SPI, so the wrapper reads training data and
-models through psycopg2 connections to the same server (:func:`loopback_dsn`).
+models through connections to the same server (:func:`loopback_dsn`).
 
 * :class:`ServerConnection` reads models and metadata; it never runs code a user wrote. A backend
   opens one only when it must (a model it has not cached, a name resolved anew) and closes it at
-  the end of the statement, so N application connections use N server connections.
+  the end of the statement, so N application connections use N server connections. It goes
+  through :mod:`libpq` directly: a connection's first prediction should not import psycopg2.
 * :func:`read_as` runs one query over a relation a user named with that user's privileges, on a
   connection of its own, so that the user's views cannot borrow the privileged session.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-import psycopg2
-import psycopg2.errors
-import psycopg2.extensions
-from psycopg2 import sql
-
-from . import backend, errors, isolation
+from . import backend, errors, libpq
 from .errors import PgmlError
+
+if TYPE_CHECKING:
+    import psycopg2.extensions
+    from psycopg2 import sql
 
 WORKER_APPLICATION = "pgml_fdw worker"
 # A read waits this long at most for a lock: the caller's own transaction may hold it (LOCK, or
@@ -29,9 +29,13 @@ READ_LOCK_TIMEOUT = "5s"
 
 
 def connect(dsn: str) -> "psycopg2.extensions.connection":
-    """A connection to the dsn, with an error that says how to fix the dsn when it fails. In a
-    worker process, its backend is reported to the supervising backend, which stops it if the work
-    is abandoned."""
+    """A psycopg2 connection to the dsn, with an error that says how to fix the dsn when it fails.
+    In a worker process, its backend is reported to the supervising backend, which stops it if the
+    work is abandoned."""
+    import psycopg2
+
+    from . import isolation
+
     try:
         if isolation.in_worker():
             # Named apart: the backend terminates a worker's loopback backends by pid and by this name.
@@ -41,13 +45,17 @@ def connect(dsn: str) -> "psycopg2.extensions.connection":
             conn = psycopg2.connect(dsn)
         return conn
     except psycopg2.OperationalError as exc:
-        raise PgmlError(
-            f"pgml_fdw cannot connect back to this database: {str(exc).strip()}",
-            hint="It logs in over this server's Unix socket as the foreign server pgml's serve_user (models) or "
-            "read_user (training data): let that role in without a password in pg_hba.conf (peer with a map, or "
-            "trust), or give a passfile: ALTER SERVER pgml OPTIONS (ADD dsn 'passfile=...'). See the README, Install.",
-            sqlstate=errors.CONNECTION_FAILURE,
-        ) from exc
+        raise _cannot_connect(exc) from exc
+
+
+def _cannot_connect(exc: Exception) -> PgmlError:
+    return PgmlError(
+        f"pgml_fdw cannot connect back to this database: {str(exc).strip()}",
+        hint="It logs in over this server's Unix socket as the foreign server pgml's serve_user (models) or "
+        "read_user (training data): let that role in without a password in pg_hba.conf (peer with a map, or "
+        "trust), or give a passfile: ALTER SERVER pgml OPTIONS (ADD dsn 'passfile=...'). See the README, Install.",
+        sqlstate=errors.CONNECTION_FAILURE,
+    )
 
 
 class ServerConnection:
@@ -57,34 +65,37 @@ class ServerConnection:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._conn: Optional[psycopg2.extensions.connection] = None
+        self._conn: Optional[libpq.Connection] = None
 
     @property
-    def conn(self) -> "psycopg2.extensions.connection":
+    def conn(self) -> libpq.Connection:
         if self._conn is None or self._conn.closed:
-            conn = connect(self.dsn)
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                # The caller's own uncommitted DDL can lock what this connection reads: fail, not hang.
-                cur.execute("SET lock_timeout = %s", (READ_LOCK_TIMEOUT,))
+            try:
+                conn = libpq.Connection(self.dsn)
+            except libpq.Error as exc:
+                raise _cannot_connect(exc) from exc
+            # The caller's own uncommitted DDL can lock what this connection reads: fail, not hang.
+            # bytea as hex, whatever the role's default: libpq.Connection reads it so.
+            conn.fetch("SELECT set_config('lock_timeout', %s, false), set_config('bytea_output', 'hex', false)",
+                       (READ_LOCK_TIMEOUT,))
             self._conn = conn
         return self._conn
 
-    def fetch(self, query: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
-        """Rows of a query; the connection is reopened once if the server closed it."""
+    def fetch(self, query: str, params: Sequence[Any] = (), binary: bool = False) -> List[Tuple[Any, ...]]:
+        """Rows of a query (``%s`` for each of ``params``; ``binary``: of bytea columns only, read
+        as they are); the connection is reopened once if the server closed it. A query's error is
+        raised as :class:`libpq.Error`."""
         for attempt in (1, 2):
             try:
-                with self.conn.cursor() as cur:
-                    cur.execute(query, params)
-                    return cur.fetchall()
-            except psycopg2.errors.LockNotAvailable as exc:
-                raise PgmlError("pgml_fdw's tables are locked by a transaction that has not committed",
-                                hint="Commit the transaction that created or altered the extension first.",
-                                sqlstate=errors.LOCK_NOT_AVAILABLE) from exc
-            except psycopg2.OperationalError:
-                self.close()
-                if attempt == 2:
+                return self.conn.fetch(query, params, binary)
+            except libpq.Error as exc:
+                if exc.sqlstate == errors.LOCK_NOT_AVAILABLE:
+                    raise PgmlError("pgml_fdw's tables are locked by a transaction that has not committed",
+                                    hint="Commit the transaction that created or altered the extension first.",
+                                    sqlstate=errors.LOCK_NOT_AVAILABLE) from exc
+                if exc.sqlstate is not None or attempt == 2:
                     raise
+                self.close()  # the connection broke (a restart, an idle timeout): once more on a new one
         raise AssertionError("unreachable")
 
     def terminate(self, pids: List[int]) -> None:
@@ -93,7 +104,7 @@ class ServerConnection:
         name too: a pid that ended may have been reused by someone else's session."""
         if pids:
             try:
-                self.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s) "
+                self.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s::int[]) "
                            "AND application_name = %s", (list(pids), WORKER_APPLICATION))
             finally:
                 self.close()
@@ -102,10 +113,7 @@ class ServerConnection:
         """Ends the connection, if open: a backend keeps none between statements."""
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            try:
-                conn.close()
-            except psycopg2.Error:
-                pass
+            conn.close()
 
 
 def loopback_dsn(options: Mapping[str, str], user_option: str) -> str:
@@ -122,14 +130,14 @@ def loopback_dsn(options: Mapping[str, str], user_option: str) -> str:
         "application_name": "pgml_fdw",
     }
     try:
-        params.update(psycopg2.extensions.parse_dsn(options.get("dsn") or ""))
-    except psycopg2.ProgrammingError as exc:
+        params.update(libpq.parse_conninfo(options.get("dsn") or ""))
+    except libpq.Error as exc:
         raise PgmlError(f"the foreign server pgml's dsn option is not a libpq connection string: {exc}",
                         hint="Fix it with ALTER SERVER pgml OPTIONS (SET dsn 'passfile=...'), or drop it.",
                         sqlstate=errors.CONNECTION_FAILURE) from exc
     if options.get(user_option):
         params["user"] = options[user_option]
-    return psycopg2.extensions.make_dsn(**params)
+    return libpq.make_conninfo(params)
 
 
 @contextmanager
@@ -145,6 +153,8 @@ def read_as(dsn: str, role: str, select_sql: sql.Composable,
     rows stream rather than being gathered by the function first). The connection is the caller's
     alone and is closed afterwards.
     """
+    from psycopg2 import sql
+
     conn = connect(dsn)
     try:
         with conn.cursor() as cur:

@@ -22,7 +22,6 @@ from multicorn import ForeignDataWrapper
 from . import errors, plan_guard
 from .connection import ServerConnection, loopback_dsn
 from .errors import PgmlError
-from .isolation import ChildFailed
 
 # The backend's connections and model store: Multicorn keeps one wrapper object per foreign table,
 # and they share these (keyed by the server's options).
@@ -75,6 +74,8 @@ def _services(options: Dict[str, str]) -> _Services:
 def as_user_error(exc: BaseException) -> PgmlError:
     """The error a user sees for an exception: itself if it is a :class:`PgmlError`, else a short
     message; the traceback of a bug goes to the server log (the backend's stderr), not the client."""
+    from .isolation import ChildFailed  # here: a backend that only predicts never imports it
+
     if isinstance(exc, PgmlError):
         return exc
     if isinstance(exc, ChildFailed):
@@ -196,6 +197,22 @@ class Algorithms(_Table):
                 "needs_scaling": algorithm.needs_scaling,
                 "hyperparams": _json_text(algorithms.all_params(algorithm)),
             }
+
+
+class Expressions(_Table):
+    """pgml._expressions: WHERE model = uid gives the model's prediction as a SQL expression over
+    its feature columns, or NULL when it has none (:mod:`sql_form`)."""
+
+    def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
+        uid = _equalities(quals).get("model")
+        if uid is None:
+            return
+        try:
+            from .sql_form import expression
+
+            yield {"model": uid, "expression": expression(self.services.store.get(uid, None))}
+        except Exception as exc:  # noqa: BLE001 - handed back to pgml.score_table and score_into, which raise it
+            yield {"model": uid, "error": as_user_error(exc).as_json()}
 
 
 class Predictions(_Table):
@@ -341,6 +358,7 @@ _HANDLERS: Dict[str, Callable[[Dict[str, str], List[str]], _Table]] = {
     "training_runs": TrainingRuns,
     "predictions": Predictions,
     "algorithms": Algorithms,
+    "expressions": Expressions,
     "trained_estimators": TrainedEstimators,
     # 0.1.0's deployment trigger scans it; ALTER EXTENSION pgml_fdw UPDATE drops it.
     "model_cache": _Table,
