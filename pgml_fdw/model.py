@@ -99,6 +99,11 @@ class Model:
         return self._encoder
 
     @property
+    def row_encoder(self) -> RowEncoder:
+        """The preprocessing of one row, in plain Python."""
+        return self._row
+
+    @property
     def predictor(self) -> Optional[Predictor]:
         """The plain-Python single-row predictor, None when the estimator has no fast path."""
         return self._predictor

@@ -130,7 +130,7 @@ class ModelStore:
         rows = self.server.fetch(
             "SELECT substring(e.estimator FROM %s FOR coalesce(%s, length(e.estimator))) "
             "FROM pgml.model_versions m JOIN pgml.model_estimators e ON e.model_id = m.id WHERE m.uid = %s",
-            (offset + 1, count, uid))
+            (offset + 1, count, uid), binary=True)
         if not rows:
             # Resolved in the caller's snapshot, yet not committed: made by another session of
             # this transaction's own (a restore, an INSERT), which this connection cannot see.
