@@ -47,17 +47,22 @@ class _Stack:
         self._backtrace.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
         self._frames = (ctypes.c_void_p * _MAX_FRAMES)()
         self._ranges = [(name, *_extent(executable, name)) for name in _WATCHED]
+        # Most frames are the interpreter's and Multicorn's, outside every watched function: one
+        # comparison with the span of all of them rules such a frame out.
+        self._low = min(start for _, start, _ in self._ranges)
+        self._high = max(end for _, _, end in self._ranges)
 
     def functions(self, depth: int = _MAX_FRAMES) -> List[str]:
         """The watched functions among the ``depth`` innermost frames, innermost first (a function
         once per call)."""
         count = self._backtrace(self._frames, min(depth, _MAX_FRAMES))
+        low, high = self._low, self._high
         found = []
         for address in self._frames[:count]:
-            if address:
-                address -= 1  # a return address may be one past its function's end
+            # address - 1: a return address may be one past its function's end
+            if address and low < address <= high:
                 for name, start, end in self._ranges:
-                    if start <= address < end:
+                    if start < address <= end:
                         found.append(name)
         return found
 
