@@ -142,3 +142,24 @@ def test_new_version_reaches_other_sessions(db: Session, line: str, name: str) -
     assert first == pytest.approx(4, abs=0.05) and second == pytest.approx(5, abs=0.05)
     assert reader.one("SELECT pgml.score(%s, 1.0)", (name,)) == pytest.approx(5, abs=0.05)
     reader.close()
+
+
+def test_a_transaction_that_changed_too_many_models_to_list_still_scores(db: Session, line: str, name: str) -> None:
+    # The context lists the names a transaction changed up to a length, then only says "too many"
+    # ('!'): pgml.predictions then cannot tell what a name stands for, the scoring functions resolve
+    # it in SQL.
+    db.one("SELECT pgml.train('tx_line', 'y', name => %s)", (name,))
+    session = Session(autocommit=False)
+    try:
+        session.run("SELECT set_config('pgml.changed', txid_current()::text || repeat(' x', 11000), true)")
+        assert session.one("SELECT pgml.train('tx_line', 'y', name => %s)", (name,)) == f"{name}_2"
+        assert session.one("SELECT right(current_setting('pgml.changed'), 2)") == " !"
+        assert session.one("SELECT pgml.score(%s, 2.0)", (name,)) == pytest.approx(7, abs=0.05)
+        deployed = session.one("SELECT version FROM pgml.deployed_models WHERE name = %s", (name,))
+        assert session.one("SELECT version FROM pgml.prediction(%s, '[2]'::jsonb)", (name,)) == deployed
+        error = session.error_in_transaction(
+            "SELECT prediction FROM pgml.predictions WHERE model = %s AND features = '[2]'", (name + "_other",))
+        assert "too many models" in error.diag.message_primary
+    finally:
+        session.conn.rollback()
+        session.close()
