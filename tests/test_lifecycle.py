@@ -162,6 +162,9 @@ def test_update_from_0_1_0_keeps_models(scratch: List[str]) -> None:
         assert (prediction, label) == (want[0], want[1])
         assert probabilities == (None if want[2] is None else json.loads(json.dumps(want[2])))
     assert db.one("SELECT pgml.score('line', 2.0)") == expected["line_1"][0]
+    # 0.4.0's whole-table scoring, of a model stored by 0.1.0.
+    assert db.one("SELECT count(*) FROM pgml.score_table('line', 'line') WHERE prediction IS NOT NULL") == \
+        db.one("SELECT count(*) FROM line")
     assert db.rows("SELECT id, owner, deployed FROM pgml.models ORDER BY id") == [
         ("flowers_1", ADMIN, True), ("line_1", ADMIN, True)]
     # Trained by this package before the update: the update reads their versions from the models.
