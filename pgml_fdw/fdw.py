@@ -223,6 +223,7 @@ class Predictions(_Table):
         # A whole relation's rows, kept while its scan lasts: a rescan (the inner side of a join)
         # returns them again instead of reading and scoring the relation anew.
         self._batches: Dict[Tuple[Any, ...], List[Any]] = {}
+        self._position = {name: i for i, name in enumerate(column_order)}
 
     def end_scan(self) -> None:
         self._batches.clear()
@@ -271,11 +272,15 @@ class Predictions(_Table):
         if "features" in wanted:
             features = wanted["features"]  # jsonb arrives as text (Multicorn 1.4) or parsed
             prediction, label, probabilities = model.predict_row(features)
-            row = {"model": ref, "features": features if isinstance(features, str) else _json_text(features),
-                   "prediction": prediction, "label": label, "probabilities": _json_text(probabilities),
-                   "version": model.version, "context": wanted.get("context")}
             # A sequence in column order: Multicorn converts it without a lookup per column name.
-            return [tuple(row.get(name) for name in self.column_order)]
+            at = self._position
+            row: List[Any] = [None] * len(at)
+            row[at["model"]], row[at["context"]], row[at["version"]] = ref, wanted.get("context"), model.version
+            row[at["features"]] = features if isinstance(features, str) else _json_text(features)
+            row[at["prediction"]], row[at["label"]] = prediction, label
+            if probabilities is not None:
+                row[at["probabilities"]] = json.dumps(probabilities)
+            return [tuple(row)]
         from .batch import as_rows, score_relation
 
         relation, key_column = wanted["relation"], wanted.get("key_column")

@@ -73,6 +73,7 @@ class Model:
         return model
 
     def _setup(self) -> None:
+        self._version = int(self.model_id.rsplit("_", 1)[1])
         self._positions = {c.name: i for i, c in enumerate(self.columns)}
         self._names = [c.name for c in self.columns]
         self._all_numbers = all(c.kind == "number" for c in self.columns)
@@ -121,7 +122,7 @@ class Model:
     @property
     def version(self) -> int:
         """The version number, the last part of the id (name_version)."""
-        return int(self.model_id.rsplit("_", 1)[1])
+        return self._version
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         """A model pickled whole by pgml_fdw 0.2 or earlier (model_format reads those too)."""
