@@ -6,12 +6,12 @@ scenario builds only what that scenario needs, and removed by :meth:`Fixtures.cl
 """
 from __future__ import annotations
 
-import pickle
 import sys
 from typing import Any, Dict, List, Set
 
 import numpy as np
 import psycopg2.extensions
+from pgml_fdw import model_format
 
 from harness import Sizes
 
@@ -97,10 +97,11 @@ class Fixtures:
         return name
 
     def load_model(self, name: str) -> Any:
-        """The deployed version of a model as the wrapper has it: a pgml_fdw.model.Model."""
-        rows = self._run("SELECT e.estimator FROM pgml.model_estimators e "
+        """The deployed version of a model as the wrapper has it: a pgml_fdw.model.Model, read by the
+        wrapper's own loader (pgml_fdw.model_format)."""
+        rows = self._run("SELECT e.model_id, e.estimator FROM pgml.model_estimators e "
                          "JOIN pgml.deployed_models d ON d.id = e.model_id WHERE d.name = %s", (name,))
-        return pickle.loads(bytes(rows[0][0]))
+        return model_format.load(bytes(rows[0][1]), rows[0][0])
 
     def feature_rows(self, count: int) -> List[Dict[str, float]]:
         """Feature objects of rows the models were not trained on, as a query would send them."""

@@ -101,12 +101,23 @@ def connect(dsn: str = CLIENT_DSN) -> "psycopg2.extensions.connection":
 
 
 def server_dsn(conn: "psycopg2.extensions.connection") -> str:
-    """The dsn the wrapper itself reads data through (the foreign server pgml's option), so that
-    in-process loading and its baselines go over the same socket as the product does."""
+    """The dsn the wrapper itself reads data through (pgml_fdw.connection.loopback_dsn with the
+    foreign server pgml's read_user), so that in-process loading and its baselines go over the same
+    socket as the product does: the server's first socket directory, its port and this database,
+    then the server's dsn option's settings, then the read_user role."""
     with conn.cursor() as cur:
-        cur.execute("SELECT option_value FROM pg_options_to_table("
-                    "(SELECT srvoptions FROM pg_foreign_server WHERE srvname = 'pgml')) WHERE option_name = 'dsn'")
-        return cur.fetchone()[0]
+        cur.execute("SELECT split_part(current_setting('unix_socket_directories'), ',', 1), current_setting('port'), "
+                    "current_database(), o.dsn, o.read_user FROM (SELECT "
+                    "max(option_value) FILTER (WHERE option_name = 'dsn') AS dsn, "
+                    "max(option_value) FILTER (WHERE option_name = 'read_user') AS read_user "
+                    "FROM pg_options_to_table((SELECT srvoptions FROM pg_foreign_server WHERE srvname = 'pgml'))) o")
+        socket_dir, port, dbname, dsn, read_user = cur.fetchone()
+    params: Dict[str, Any] = {"host": socket_dir.strip() or "localhost", "port": port, "dbname": dbname,
+                              "application_name": "pgml_bench"}
+    params.update(psycopg2.extensions.parse_dsn(dsn or ""))
+    if read_user:
+        params["user"] = read_user
+    return psycopg2.extensions.make_dsn(**params)
 
 
 def timed(call: Callable[[], Any]) -> float:

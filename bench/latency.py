@@ -5,7 +5,7 @@ pgml.predictions, pgml.score(), and a prepared EXECUTE of the predictions query,
 (the floor of a SQL round trip from this client) and the same query against a Multicorn table that
 answers with a constant (bench/floor_fdw.py: the floor of any Multicorn scan). Next to them, in this
 process, scikit-learn's own predict on the encoded row and Model.predict_row (the wrapper's path
-minus SQL), on the model unpickled from pgml.model_estimators. The order of the forms rotates every
+minus SQL), on the model loaded from pgml.model_estimators. The order of the forms rotates every
 round.
 """
 from __future__ import annotations

@@ -66,7 +66,7 @@ def setup(sizes: Sizes, scenarios: List[str]) -> List[str]:
         f"warmed up, then {sizes.latency_rounds:,} rounds, each running every form once for the same row "
         "(200 rows cycled) in rotating order. The floor of any Multicorn scan: the same query on a foreign table "
         "with pgml.predictions' columns whose wrapper (bench/floor_fdw.py) returns a constant. scikit-learn "
-        "predict and Model.predict_row run in the benchmark's process on the model unpickled from "
+        "predict and Model.predict_row run in the benchmark's process on the model loaded from "
         "pgml.model_estimators.",
         f"- b: {sizes.score_rows:,} rows scored in one query and fetched by the client; scikit-learn predicts the "
         f"encoded matrix in-process; LATERAL over {sizes.lateral_rows:,} rows (features by jsonb_build_object). "
