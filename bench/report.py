@@ -64,7 +64,8 @@ def setup(sizes: Sizes, scenarios: List[str]) -> List[str]:
         f"- a: models trained by pgml.train on {sizes.train_rows:,} rows x 10 float features: linear regression "
         "and a random forest of 100 trees (scikit-learn defaults). One psycopg2 connection over TCP loopback, "
         f"warmed up, then {sizes.latency_rounds:,} rounds, each running every form once for the same row "
-        "(200 rows cycled) in rotating order. The floor of any Multicorn scan: the same query on a foreign table "
+        "(200 rows cycled) in rotating order: the predictions query, SELECT pgml.score(), prepared EXECUTEs of both, "
+        "SELECT 1, and the floor of any Multicorn scan: the predictions query on a foreign table "
         "with pgml.predictions' columns whose wrapper (bench/floor_fdw.py) returns a constant. scikit-learn "
         "predict and Model.predict_row run in the benchmark's process on the model loaded from "
         "pgml.model_estimators.",
@@ -81,8 +82,8 @@ def setup(sizes: Sizes, scenarios: List[str]) -> List[str]:
         "interleaved repetitions.",
         "- e: pgbench -n -c N -j N, simple protocol, TCP loopback; tps counted from the per-transaction log once "
         f"every client has finished its first transaction, over about {sizes.pgbench_seconds} s; the predictions "
-        "query, SELECT 1 and the query on the constant Multicorn table of a, in rotating order; median over "
-        f"{sizes.pgbench_rounds} round(s).",
+        "query, SELECT pgml.score(), SELECT 1 and the query on the constant Multicorn table of a, in rotating "
+        f"order; median over {sizes.pgbench_rounds} round(s).",
     ]
     return [text for text in lines if text[2] in scenarios]
 

@@ -1,10 +1,11 @@
 """Scenario e: throughput with 1, 2, 4 and 8 clients predicting at once, through pgbench.
 
 For each client count, pgbench runs a script calling the predictions query for the linear model, one
-calling SELECT 1, and one sending the same query to a Multicorn table that answers with a constant
-(bench/floor_fdw.py: what any Multicorn scan costs), in rotating order. Every new connection
-imports scikit-learn on its first prediction, so tps is counted from the per-transaction log, from
-the moment every client has finished its first transaction to the last transaction of the run.
+calling SELECT pgml.score() for it, one calling SELECT 1, and one sending the predictions query to a
+Multicorn table that answers with a constant (bench/floor_fdw.py: what any Multicorn scan costs), in
+rotating order. A new connection's first prediction loads the model (and today imports
+scikit-learn), so tps is counted from the per-transaction log, from the moment every client has
+finished its first transaction to the last transaction of the run.
 """
 from __future__ import annotations
 
@@ -18,17 +19,20 @@ import tempfile
 from typing import Dict, List, Tuple
 
 from fixtures import Fixtures
-from harness import DATABASE, PORT, Measurement, Sizes, median, rotated
+from harness import DATABASE, PORT, Measurement, Sizes, Target, median, rotated
 
 CLIENTS = (1, 2, 4, 8)
+PREDICTING = ("predictions", "score")  # the forms whose clients' first transaction loads a model
+# pgml.score's tps at least 0.8x the constant Multicorn table's, at these client counts.
+SCORE_TARGET_CLIENTS = (2, 4, 8)
 
 
 def _run_seconds(form: str, clients: int, measured: int) -> int:
     """How long a pgbench run lasts: the seconds to measure plus a warm-up allowance. SELECT 1 needs
-    none, so it gets a second; the predictions query a second more per client, as each
+    none, so it gets a second; the prediction forms a second more per client, as each
     connection's first prediction costs about half a CPU second (importing scikit-learn) and
     there may be 8 clients on 2 cores."""
-    return measured + 1 + (math.ceil(0.35 * clients) if form == "predictions" else 0)
+    return measured + 1 + (math.ceil(0.35 * clients) if form in PREDICTING else 0)
 
 
 def _pgbench(script: str, clients: int, seconds: int, min_window: float) -> Dict[str, float]:
@@ -75,12 +79,14 @@ def _read_log(directory: str) -> List[Tuple[int, float, int]]:
 
 
 def run(fixtures: Fixtures, sizes: Sizes) -> List[Measurement]:
-    """tps of the predictions query and of SELECT 1 at each client count."""
+    """tps of the predictions query and of pgml.score() against SELECT 1 and the constant Multicorn table
+    at each client count."""
     name = fixtures.model("linear")
     features = json.dumps(fixtures.feature_rows(1)[0]).replace("'", "''")
     query = f"SELECT prediction FROM pgml.predictions WHERE model = '{name}' AND features = '{features}';"
     scripts = {
         "predictions": query,
+        "score": f"SELECT pgml.score('{name}', '{features}'::jsonb);",
         "select1": "SELECT 1;",
         "floor": query.replace("pgml.predictions", fixtures.floor_table()),
     }
@@ -98,4 +104,9 @@ def run(fixtures: Fixtures, sizes: Sizes) -> List[Measurement]:
                                f"SELECT 1, {label}", tps["select1"], None, details))
         out.append(Measurement("e", f"predictions query, {label}", "tps", tps["predictions"],
                                f"the same query on a constant Multicorn table, {label}", tps["floor"], None, details))
+        out.append(Measurement("e", f"SELECT pgml.score(), {label}", "tps", tps["score"],
+                               f"SELECT 1, {label}", tps["select1"], None, details))
+        out.append(Measurement("e", f"SELECT pgml.score(), {label}", "tps", tps["score"],
+                               f"the predictions query on a constant Multicorn table, {label}", tps["floor"],
+                               Target(">=", 0.8) if clients in SCORE_TARGET_CLIENTS else None, details))
     return out
