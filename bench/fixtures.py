@@ -20,6 +20,23 @@ PREDICTION_TABLE = "bench.pred_data"   # id, x1..x10, y: scored by b, features f
 PREDICTION_VIEW = "bench.pred_train"   # x1..x10, y of the first train_rows rows: what a, b and e train on
 WIDE_VIEW = "bench.wide_view"          # x1..x20, y: read by c, trained on by d
 MODELS = {"linear": "bench_linear", "random_forest": "bench_forest"}
+SMALL_ROWS = 2_000                     # rows the ten models of f train on, at every size
+SMALL_VIEW = "bench.small_train"       # x1..x10, y of the first SMALL_ROWS rows
+SMALL_CLASS_VIEW = "bench.small_class"  # the same rows with y > -0.5 (about half of them) as a boolean class
+# The ten models of f, by kind: what kind of estimator serves (algorithm, relation); named bench_f_<kind>.
+# The kinds pgml_fdw serves by a fast path of its own come first, the others last.
+SERVED_KINDS = {
+    "linear": ("linear", SMALL_VIEW),
+    "ridge": ("ridge", SMALL_VIEW),
+    "lasso": ("lasso", SMALL_VIEW),
+    "elastic_net": ("elastic_net", SMALL_VIEW),
+    "logistic": ("linear", SMALL_CLASS_VIEW),
+    "decision_tree": ("decision_tree", SMALL_VIEW),
+    "random_forest": ("random_forest", SMALL_VIEW),
+    "random_forest_classifier": ("random_forest", SMALL_CLASS_VIEW),
+    "gradient_boosting": ("gradient_boosting_trees", SMALL_VIEW),
+    "svm": ("svm", SMALL_VIEW),
+}
 END_TO_END_MODEL = "bench_e2e"
 FLOOR_SERVER = "pgml_bench_floor"
 READER_ROLE = "pgml_bench_reader"      # a role other than the extension owner, allowed to read the wide view
@@ -95,6 +112,28 @@ class Fixtures:
             self._run("SELECT pgml.train(%s, 'y', %s, name => %s)", (PREDICTION_VIEW, algorithm, name))
             self._made.add(name)
         return name
+
+    def served_models(self) -> Dict[str, str]:
+        """The ten deployed models of f by kind (see SERVED_KINDS), trained on SMALL_ROWS rows whatever
+        the size, so that what a backend holds after serving them does not move with PGML_BENCH_QUICK."""
+        names = {kind: f"bench_f_{kind}" for kind in SERVED_KINDS}
+        if "served" not in self._made:
+            self.prediction_data()
+            features = ", ".join(PREDICTION_FEATURES)
+            self._run(f"CREATE VIEW {SMALL_VIEW} AS SELECT {features}, y "
+                      f"FROM {PREDICTION_TABLE} WHERE id <= {SMALL_ROWS}")
+            self._run(f"CREATE VIEW {SMALL_CLASS_VIEW} AS SELECT {features}, y > -0.5 AS y "
+                      f"FROM {PREDICTION_TABLE} WHERE id <= {SMALL_ROWS}")
+            print(f"   training {len(names)} models of various kinds ({SMALL_ROWS} rows)", file=sys.stderr, flush=True)
+            for kind, (algorithm, relation) in SERVED_KINDS.items():
+                self._run("SELECT pgml.train(%s, 'y', %s, name => %s)", (relation, algorithm, names[kind]))
+            self._made.add("served")
+        return names
+
+    def stored_bytes(self, name: str) -> int:
+        """The size of a model's deployed version as pgml.model_estimators stores it."""
+        return int(self._run("SELECT octet_length(e.estimator) FROM pgml.model_estimators e "
+                             "JOIN pgml.deployed_models d ON d.id = e.model_id WHERE d.name = %s", (name,))[0][0])
 
     def load_model(self, name: str) -> Any:
         """The deployed version of a model as the wrapper has it: a pgml_fdw.model.Model, read by the

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 import numpy as np
 import psycopg2
@@ -34,13 +34,14 @@ class Sizes:
     repeats: int          # interleaved repetitions in b, c and d
     pgbench_seconds: int  # measured seconds per pgbench run in e (after every client is warm)
     pgbench_rounds: int   # rotations of the forms (subject and baselines) per client count in e
+    cold_rounds: int      # interleaved new connections per form in f
 
     @classmethod
     def from_env(cls) -> "Sizes":
         """Quick sizes when PGML_BENCH_QUICK is set (and not 0), else full sizes."""
         if os.environ.get("PGML_BENCH_QUICK", "") not in ("", "0"):
-            return cls(True, 2_000, 10_000, 200, 300, 100_000, 2, 1, 1)
-        return cls(False, 20_000, 100_000, 2_000, 3_000, 1_000_000, 3, 8, 2)
+            return cls(True, 2_000, 10_000, 200, 300, 100_000, 2, 1, 1, 3)
+        return cls(False, 20_000, 100_000, 2_000, 3_000, 1_000_000, 3, 8, 2, 7)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,42 @@ def server_dsn(conn: "psycopg2.extensions.connection") -> str:
     if read_user:
         params["user"] = read_user
     return psycopg2.extensions.make_dsn(**params)
+
+
+def backend_pid(conn: "psycopg2.extensions.connection") -> int:
+    """The process id of the connection's backend (the benchmark runs on the server's machine, as root,
+    so /proc has it)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return int(cur.fetchone()[0])
+
+
+def memory_kib(pid: int) -> Dict[str, int]:
+    """VmRSS, VmHWM and what VmRSS is made of (RssAnon, RssFile, RssShmem) of a process, in KiB."""
+    wanted = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {name: int(fields[name].split()[0]) for name in wanted if name in fields}
+
+
+# Python packages whose compiled modules (or bundled libraries) show among a process's mapped files
+# once imported: the directories that give each away.
+MAPPED_PACKAGES = {"numpy": ("/numpy/", "/numpy.libs/"), "scipy": ("/scipy/", "/scipy.libs/"),
+                   "sklearn": ("/sklearn/", "/scikit_learn.libs/")}
+
+
+def mapped_packages(pid: int) -> Dict[str, int]:
+    """How many shared objects of each of MAPPED_PACKAGES a process has mapped (0: not imported)."""
+    found: Dict[str, Set[str]] = {package: set() for package in MAPPED_PACKAGES}
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.split(None, 5)  # address perms offset dev inode [path]
+            path = fields[5].strip() if len(fields) == 6 else ""
+            if ".so" in path:
+                for package, markers in MAPPED_PACKAGES.items():
+                    if any(marker in path for marker in markers):
+                        found[package].add(path)
+    return {package: len(paths) for package, paths in found.items()}
 
 
 def timed(call: Callable[[], Any]) -> float:

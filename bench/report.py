@@ -13,6 +13,7 @@ import psycopg2
 import psycopg2.extensions
 import sklearn
 
+from fixtures import SERVED_KINDS, SMALL_ROWS
 from harness import Measurement, Sizes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,6 +23,7 @@ TITLES = {
     "c": "Training data load",
     "d": "End-to-end training",
     "e": "Throughput with concurrent clients",
+    "f": "Cold start and backend memory",
 }
 
 
@@ -84,6 +86,13 @@ def setup(sizes: Sizes, scenarios: List[str]) -> List[str]:
         f"every client has finished its first transaction, over about {sizes.pgbench_seconds} s; the predictions "
         "query, SELECT pgml.score(), SELECT 1 and the query on the constant Multicorn table of a, in rotating "
         f"order; median over {sizes.pgbench_rounds} round(s).",
+        f"- f: ten models trained by pgml.train on the same {SMALL_ROWS:,} rows at every size (10 float features): "
+        f"{', '.join(SERVED_KINDS)}. Cold start: the first query of a new connection, timed from the client once "
+        "connected: SELECT 1, and the predictions query of the linear model and of the forest (100 trees), "
+        f"{sizes.cold_rounds} rounds in rotating order, median. Memory: VmRSS (/proc/PID/status) of a new "
+        "connection's backend after one prediction from each of the ten models against one after SELECT 1, "
+        f"median of {sizes.repeats} interleaved repetitions. Whether a backend loaded scikit-learn or SciPy "
+        "(their shared objects in /proc/PID/maps) is in results.json, per kind alone on a fresh backend.",
     ]
     return [text for text in lines if text[2] in scenarios]
 

@@ -12,6 +12,8 @@ Run it inside the local server's root: ``make bench BENCH_ARGS="a c"``, or
   c  training data load in rows per second and peak memory against plain COPY
   d  end-to-end training against a standalone script
   e  throughput with 1, 2, 4 and 8 clients against SELECT 1 (pgbench)
+  f  a new connection's first prediction against its first SELECT 1, and a backend's memory after
+     predicting from ten models against one that ran SELECT 1
 
 Every figure is ours against a baseline measured side by side in the same run, with the ratio and,
 where the project set one, the target. Results go to bench/results.json and bench/RESULTS.md. The
@@ -27,6 +29,7 @@ import traceback
 from typing import Callable, Dict, List
 
 import batch_scoring
+import cold_start
 import data_load
 import end_to_end
 import latency
@@ -41,13 +44,15 @@ SCENARIOS: Dict[str, Callable[[Fixtures, Sizes], List[Measurement]]] = {
     "c": data_load.run,
     "d": end_to_end.run,
     "e": throughput.run,
+    "f": cold_start.run,
 }
 
 
 def main(argv: List[str]) -> int:
     """Runs the chosen scenarios and writes the results; exit status 1 if any failed."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="letters a to e (default: all)")
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"letters {', '.join(SCENARIOS)} (default: all)")
     chosen = sorted(set(parser.parse_args(argv).scenarios or SCENARIOS))
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown:
