@@ -7,7 +7,7 @@ scenario builds only what that scenario needs, and removed by :meth:`Fixtures.cl
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Set, Tuple
 
 import numpy as np
 import psycopg2.extensions
@@ -41,6 +41,8 @@ END_TO_END_MODEL = "bench_e2e"
 FLOOR_SERVER = "pgml_bench_floor"
 READER_ROLE = "pgml_bench_reader"      # a role other than the extension owner, allowed to read the wide view
 FLOOR_TABLE = "bench.floor"            # pgml.predictions' columns, answered by bench/floor_fdw.py
+FLOOR_SCORE = "bench.floor_score"      # pgml.score's signature, over bench.floor
+FLOOR_PREDICTION = "bench.floor_prediction"  # pgml.prediction's signature, over bench.floor
 PREDICTION_FEATURES = [f"x{i}" for i in range(1, 11)]
 WIDE_FEATURES = [f"x{i}" for i in range(1, 21)]
 
@@ -95,7 +97,8 @@ class Fixtures:
         """bench.pred_data (score_rows rows) and the training view over its first train_rows."""
         if "prediction" in self._made:
             return
-        rows = max(self.sizes.score_rows, self.sizes.train_rows + self.sizes.lateral_rows)
+        rows = max(self.sizes.score_rows, self.sizes.train_rows + self.sizes.lateral_rows,
+                   self.sizes.per_row_rows)
         self._run(_generate(PREDICTION_TABLE, rows, PREDICTION_FEATURES, 0.42))
         self._run(f"ALTER TABLE {PREDICTION_TABLE} ADD PRIMARY KEY (id)")
         self._run(f"VACUUM ANALYZE {PREDICTION_TABLE}")  # hint bits set now, not during a timed read
@@ -169,6 +172,32 @@ class Fixtures:
             self._run(f"CREATE FOREIGN TABLE {FLOOR_TABLE} ({columns}) SERVER {FLOOR_SERVER}")
             self._made.add("floor")
         return FLOOR_TABLE
+
+    def floor_functions(self) -> Tuple[str, str]:
+        """bench.floor_score and bench.floor_prediction: plpgsql functions with the signatures of
+        pgml.score(text, jsonb) and pgml.prediction(text, jsonb) that select from bench.floor, the
+        floor of the per-row forms (a function call and a Multicorn scan per row, without a model).
+        They take the planner's view of the product's functions (COST, ROWS), so that both plan alike,
+        but none of their SET clauses: those are the product's own cost."""
+        if "floor_functions" not in self._made:
+            table = self.floor_table()
+            planned = "SELECT procost, prorows FROM pg_proc WHERE oid = %s::regprocedure"
+            score_cost, _ = self._run(planned, ("pgml.score(text, jsonb)",))[0]
+            prediction_cost, prediction_rows = self._run(planned, ("pgml.prediction(text, jsonb)",))[0]
+            self._run(f"CREATE FUNCTION {FLOOR_SCORE}(model text, features jsonb) RETURNS double precision "
+                      f"LANGUAGE plpgsql STABLE COST {score_cost:g} AS $$ "
+                      "DECLARE answer double precision; "
+                      f"BEGIN SELECT f.prediction INTO answer FROM {table} f "
+                      "WHERE f.model = floor_score.model AND f.features = floor_score.features; "
+                      "RETURN answer; END $$")
+            self._run(f"CREATE FUNCTION {FLOOR_PREDICTION}(model text, features jsonb) "
+                      "RETURNS TABLE (prediction double precision, label text, probabilities jsonb, version integer) "
+                      f"LANGUAGE plpgsql STABLE COST {prediction_cost:g} ROWS {prediction_rows:g} AS $$ "
+                      "BEGIN RETURN QUERY SELECT f.prediction, f.label, f.probabilities, f.version "
+                      f"FROM {table} f WHERE f.model = floor_prediction.model "
+                      "AND f.features = floor_prediction.features; END $$")
+            self._made.add("floor_functions")
+        return FLOOR_SCORE, FLOOR_PREDICTION
 
     def reader_role(self) -> str:
         """A role that is not the extension owner, allowed to read the wide view: training as it

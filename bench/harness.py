@@ -35,13 +35,14 @@ class Sizes:
     pgbench_seconds: int  # measured seconds per pgbench run in e (after every client is warm)
     pgbench_rounds: int   # rotations of the forms (subject and baselines) per client count in e
     cold_rounds: int      # interleaved new connections per form in f
+    per_row_rows: int     # rows the per-row forms of g score
 
     @classmethod
     def from_env(cls) -> "Sizes":
         """Quick sizes when PGML_BENCH_QUICK is set (and not 0), else full sizes."""
         if os.environ.get("PGML_BENCH_QUICK", "") not in ("", "0"):
-            return cls(True, 2_000, 10_000, 200, 300, 100_000, 2, 1, 1, 3)
-        return cls(False, 20_000, 100_000, 2_000, 3_000, 1_000_000, 3, 8, 2, 7)
+            return cls(True, 2_000, 10_000, 200, 300, 100_000, 2, 1, 1, 3, 5_000)
+        return cls(False, 20_000, 100_000, 2_000, 3_000, 1_000_000, 3, 8, 2, 7, 100_000)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ Run it inside the local server's root: ``make bench BENCH_ARGS="a c"``, or
   e  throughput with 1, 2, 4 and 8 clients against SELECT 1 (pgbench)
   f  a new connection's first prediction against its first SELECT 1, and a backend's memory after
      predicting from ten models against one that ran SELECT 1
+  g  per-row SQL forms (pgml.score() in a select list, LATERAL pgml.prediction()) in rows per second
+     against the same forms over a constant Multicorn table and the model's formula in plain SQL
 
 Every figure is ours against a baseline measured side by side in the same run, with the ratio and,
 where the project set one, the target. Results go to bench/results.json and bench/RESULTS.md. The
@@ -33,6 +35,7 @@ import cold_start
 import data_load
 import end_to_end
 import latency
+import per_row
 import report
 import throughput
 from fixtures import Fixtures
@@ -45,6 +48,7 @@ SCENARIOS: Dict[str, Callable[[Fixtures, Sizes], List[Measurement]]] = {
     "d": end_to_end.run,
     "e": throughput.run,
     "f": cold_start.run,
+    "g": per_row.run,
 }
 
 
