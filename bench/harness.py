@@ -41,7 +41,7 @@ class Sizes:
     def from_env(cls) -> "Sizes":
         """Quick sizes when PGML_BENCH_QUICK is set (and not 0), else full sizes."""
         if os.environ.get("PGML_BENCH_QUICK", "") not in ("", "0"):
-            return cls(True, 2_000, 10_000, 200, 300, 100_000, 2, 1, 1, 3, 5_000)
+            return cls(True, 2_000, 10_000, 200, 300, 100_000, 2, 1, 1, 3, 3_000)
         return cls(False, 20_000, 100_000, 2_000, 3_000, 1_000_000, 3, 8, 2, 7, 100_000)
 
 
