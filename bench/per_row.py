@@ -66,7 +66,7 @@ def run(fixtures: Fixtures, sizes: Sizes) -> List[Measurement]:
         "lateral": LATERAL_SQL.format(prediction="pgml.prediction"),
         "floor_score": SCORE_SQL.format(score=floor_score),
         "floor_lateral": LATERAL_SQL.format(prediction=floor_prediction),
-        "formula": f"SELECT s.id, {_formula(model)} FROM {PREDICTION_TABLE} s WHERE s.id <= %s",
+        "formula": f"SELECT s.id, {linear_formula(model)} FROM {PREDICTION_TABLE} s WHERE s.id <= %s",
     }
 
     def params(key: str, rows: int) -> Tuple[Any, ...]:
@@ -136,7 +136,7 @@ def run(fixtures: Fixtures, sizes: Sizes) -> List[Measurement]:
     return out
 
 
-def _formula(model: Any) -> str:
+def linear_formula(model: Any) -> str:
     """The linear model as a SQL expression of the feature columns, intercept + sum of weight * x: it
     is affine in its features (scaling included), so its own predictions at zero and at each unit
     vector give the coefficients."""

@@ -29,10 +29,10 @@ SCORE_TARGET_CLIENTS = (2, 4, 8)
 
 def _run_seconds(form: str, clients: int, measured: int) -> int:
     """How long a pgbench run lasts: the seconds to measure plus a warm-up allowance. SELECT 1 needs
-    none, so it gets a second; the prediction forms a second more per client, as each
-    connection's first prediction costs about half a CPU second (importing scikit-learn) and
-    there may be 8 clients on 2 cores."""
-    return measured + 1 + (math.ceil(0.35 * clients) if form in PREDICTING else 0)
+    none, so it gets a second; the prediction forms a second more per 8 clients, as each
+    connection's first prediction costs it about 60 ms of CPU (starting Python, loading the model)
+    and there may be 8 clients on 2 cores."""
+    return measured + 1 + (math.ceil(clients / 8) if form in PREDICTING else 0)
 
 
 def _pgbench(script: str, clients: int, seconds: int, min_window: float) -> Dict[str, float]:
