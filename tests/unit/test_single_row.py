@@ -43,6 +43,7 @@ from sklearn.tree import (
     ExtraTreeRegressor,
 )
 
+from pgml_fdw import single_row
 from pgml_fdw.single_row import (
     NeedsEstimator,
     Predictor,
@@ -287,6 +288,18 @@ def test_big_forest_matches() -> None:
     estimator = RandomForestRegressor(n_estimators=30, random_state=0).fit(X, y)
     assert max(t.tree_.max_depth for t in estimator.estimators_) > 15
     assert_matches(estimator, probe_rows(X, n_random=300))
+
+
+@pytest.mark.parametrize("model", TREE_REGRESSORS + TREE_CLASSIFIERS, ids=lambda m: repr(m))
+def test_deep_forests_walked_by_numpy_match(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(single_row, "_NUMPY_LEVELS", 0)
+    X, y = make_data(4, 3 if is_classifier(model) else None)
+    estimator = clone(model).fit(X, y)
+    fast = fast_predictor(estimator)
+    assert fast._walk is not None
+    assert_matches(estimator, np.vstack([probe_rows(X), threshold_rows(estimator, X)]), fast)
+    with pytest.raises(NeedsEstimator):
+        fast.predict(np.array([0.5, np.inf, 0.0, 1.0]))
 
 
 @pytest.mark.parametrize("model", [DecisionTreeRegressor(random_state=0),
