@@ -55,6 +55,10 @@ def score_relation(server: ServerConnection, model: Model, relation: str,
         raise PgmlError(f'relation "{relation}" does not exist', sqlstate=errors.UNDEFINED_TABLE,
                         hint="Name a table or view, schema-qualified unless it is in public.")
     fields = _fields(server, model, rows[0][0], key_column)
+    # The estimator, read and unpickled here rather than in the worker: the worker then starts with
+    # scikit-learn imported (as later batches of this connection do), and reads nothing through this
+    # backend's own connection.
+    model.load_estimator()
     # Read with the privileges of the role the statement runs as (current_user, after SET ROLE too).
     return isolation.run(_score_in_worker, server.dsn, backend.current_user(), rows[0][0], model, fields,
                          key_column is not None, memory_limit=training_budget(0), on_abandon=server.terminate,

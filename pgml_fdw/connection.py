@@ -12,6 +12,7 @@ models through connections to the same server (:func:`loopback_dsn`).
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -66,10 +67,13 @@ class ServerConnection:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self._conn: Optional[libpq.Connection] = None
+        self._pid = 0  # the process that opened _conn
 
     @property
     def conn(self) -> libpq.Connection:
-        if self._conn is None or self._conn.closed:
+        # A worker process forked from the backend opens a connection of its own: the backend's,
+        # which it inherited, is the backend's alone to use and to close.
+        if self._conn is None or self._conn.closed or self._pid != os.getpid():
             try:
                 conn = libpq.Connection(self.dsn)
             except libpq.Error as exc:
@@ -78,7 +82,7 @@ class ServerConnection:
             # bytea as hex, whatever the role's default: libpq.Connection reads it so.
             conn.fetch("SELECT set_config('lock_timeout', %s, false), set_config('bytea_output', 'hex', false)",
                        (READ_LOCK_TIMEOUT,))
-            self._conn = conn
+            self._conn, self._pid = conn, os.getpid()
         return self._conn
 
     def fetch(self, query: str, params: Sequence[Any] = (), binary: bool = False) -> List[Tuple[Any, ...]]:
@@ -113,7 +117,8 @@ class ServerConnection:
         """Ends the connection, if open: a backend keeps none between statements."""
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            conn.close()
+            if self._pid == os.getpid():
+                conn.close()
 
 
 def loopback_dsn(options: Mapping[str, str], user_option: str) -> str:

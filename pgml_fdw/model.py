@@ -85,6 +85,10 @@ class Model:
     @property
     def estimator(self) -> Any:
         """The fitted scikit-learn estimator, loaded on first use."""
+        return self.load_estimator()
+
+    def load_estimator(self) -> Any:
+        """Reads and unpickles the estimator now, unless it is loaded already; returns it."""
         if self._load_estimator is not None:
             self._estimator = self._load_estimator()
             self._load_estimator = None
