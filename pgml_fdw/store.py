@@ -110,9 +110,10 @@ class ModelStore:
         return model
 
     def _reader(self, uid: str, ref: str) -> model_format.Reader:
-        """Reads parts of a stored model, with its first bytes fetched at once (usually the header
-        and a linear model's arrays): nothing is kept but what a part needs, and a model with a fast
-        path never reads its pickled estimator unless a query needs it."""
+        """Reads parts of a stored model. Its first bytes (usually the header, and all of a linear
+        model) are fetched at once and kept with the model; anything further is read when a part
+        needs it, so a model with a fast path never reads its pickled estimator unless a query
+        needs it."""
         prefix: Optional[bytes] = None
 
         def part(offset: int, count: Optional[int]) -> bytes:
