@@ -12,6 +12,9 @@ from __future__ import annotations
 import ctypes
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from . import errors
+from .errors import PgmlError
+
 _CONNECTION_OK = 0
 _TUPLES_OK, _COMMAND_OK = 2, 1
 _DIAG = {"sqlstate": ord("C"), "message_primary": ord("M"), "message_hint": ord("H")}
@@ -28,12 +31,7 @@ class _Lib:
     """libpq's functions, typed."""
 
     def __init__(self) -> None:
-        try:
-            lib = ctypes.CDLL("libpq.so.5")
-        except OSError:  # not under that name: ask the linker's cache (slower: it runs ldconfig)
-            from ctypes.util import find_library
-
-            lib = ctypes.CDLL(find_library("pq"))
+        lib = _load()
         p, s, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
         for name, restype, argtypes in (
             ("PQconnectdb", p, [s]), ("PQstatus", i, [p]), ("PQerrorMessage", s, [p]), ("PQfinish", None, [p]),
@@ -47,6 +45,35 @@ class _Lib:
             function = getattr(lib, name)
             function.restype, function.argtypes = restype, argtypes
             setattr(self, name, function)
+
+
+def _load() -> ctypes.CDLL:
+    """libpq: the system's (PostgreSQL's own packages install it), else the copy psycopg2-binary's
+    wheel carries."""
+    try:
+        return ctypes.CDLL("libpq.so.5")
+    except OSError:
+        pass
+    from ctypes.util import find_library  # the linker's cache (slower: it runs ldconfig)
+    import glob
+    import importlib.util
+    import os
+
+    candidates = [find_library("pq")]
+    spec = importlib.util.find_spec("psycopg2")
+    if spec is not None and spec.origin:
+        site = os.path.dirname(os.path.dirname(spec.origin))
+        candidates += sorted(glob.glob(os.path.join(site, "psycopg2_binary.libs", "libpq*.so*")))
+    for candidate in candidates:
+        if candidate:
+            try:
+                return ctypes.CDLL(candidate)
+            except OSError:
+                continue
+    raise PgmlError("pgml_fdw cannot find libpq (libpq.so.5), which it connects back to this database with",
+                    hint="Install it on the database server (Debian and Ubuntu: libpq5; PGDG RPMs: "
+                    "postgresql<N>-libs), or psycopg2-binary into the server's Python.",
+                    sqlstate=errors.FEATURE_NOT_SUPPORTED)
 
 
 _lib: Optional[_Lib] = None

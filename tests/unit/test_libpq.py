@@ -30,3 +30,17 @@ def test_a_connection_that_cannot_be_made_says_why() -> None:
     with pytest.raises(libpq.Error) as caught:
         libpq.Connection("host=/nonexistent/socket/dir port=1 dbname=x connect_timeout=1")
     assert caught.value.sqlstate is None and "/nonexistent/socket/dir" in str(caught.value)
+
+
+def test_without_any_libpq_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+    import ctypes.util
+
+    def missing(name: str) -> None:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(libpq.PgmlError) as caught:
+        libpq._load()
+    assert caught.value.sqlstate == "0A000" and "libpq5" in caught.value.hint
