@@ -19,7 +19,6 @@ scoring converts the JSON values a query gives with :func:`to_number`, which agr
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 import re
 import reprlib
@@ -159,6 +158,8 @@ def _iso(text: str) -> str:
 
 
 def _epoch(value: str, kind: str) -> float:
+    import datetime as dt  # here: most models take no dates, and a connection's first prediction is timed
+
     if kind == "date":
         day = dt.date.fromisoformat(value.strip())
         return float((day - dt.date(1970, 1, 1)).days * 86400)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
 from functools import cached_property
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -74,7 +73,9 @@ def _services(options: Dict[str, str]) -> _Services:
 def as_user_error(exc: BaseException) -> PgmlError:
     """The error a user sees for an exception: itself if it is a :class:`PgmlError`, else a short
     message; the traceback of a bug goes to the server log (the backend's stderr), not the client."""
-    from .isolation import ChildFailed  # here: a backend that only predicts never imports it
+    import traceback
+
+    from .isolation import ChildFailed  # here: a backend that only predicts never imports either
 
     if isinstance(exc, PgmlError):
         return exc

@@ -25,11 +25,8 @@ pgml_fdw changed, the estimator when any of the versions did.
 """
 from __future__ import annotations
 
-import io
 import json
-import pickle
 import struct
-import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 from . import errors, single_row, versions
@@ -49,14 +46,17 @@ _PROBE_VALUES = 20_000  # at most this many numbers in a probe, however wide the
 _MOVED = {"_loss": "sklearn._loss._loss"}
 
 
-class _Unpickler(pickle.Unpickler):
-    """pickle.loads, finding what _MOVED says was moved."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        return super().find_class(_MOVED.get(module, module), name)
-
-
 def _unpickle(data: bytes) -> Any:
+    """pickle.loads, finding what _MOVED says was moved (pickle is imported here: serving a model
+    with a fast path unpickles nothing)."""
+    import io
+    import pickle
+    import warnings
+
+    class _Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return super().find_class(_MOVED.get(module, module), name)
+
     versions.check()  # an unsupported scikit-learn is named as such, not as a failing unpickle
     with warnings.catch_warnings():
         # InconsistentVersionWarning: the probe decides whether a model still holds.
@@ -67,6 +67,8 @@ def _unpickle(data: bytes) -> Any:
 def probe_rows(X: Any) -> Any:
     """Rows drawn uniformly, with a fixed seed, inside each column's range in ``X`` (the training
     matrix): the same for the same data, and none of them a training row."""
+    import warnings
+
     import numpy as np
 
     rows = max(1, min(PROBE_ROWS, _PROBE_VALUES // max(1, X.shape[1])))
@@ -102,6 +104,8 @@ def dump(model: Model, probe: Any) -> bytes:
         "predictor": meta,
         "arrays": [[name, typecode, len(data)] for name, typecode, data in stored],
     }
+    import pickle
+
     text = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
     return b"".join([MAGIC, _LENGTH.pack(len(text)), text, *(data for _, _, data in stored),
                      pickle.dumps(model.estimator, protocol=4)])
