@@ -206,10 +206,11 @@ class Model:
     def _predict_encoded(self, x: List[float]) -> Prediction:
         if self._predictor is not None:
             try:
+                decided, proba = self._predictor.answer(x)
                 if self.classes is None:
-                    return float(self._predictor.predict(x)), None, None
+                    return float(decided), None, None
                 assert self._known is not None
-                return self._answer(self._known[int(self._predictor.predict(x))], self._predictor.predict_proba(x))
+                return self._answer(self._known[int(decided)], proba)
             except NeedsEstimator:
                 pass  # NaN or infinity: scikit-learn's own answer, or its own refusal
         import numpy as np

@@ -205,10 +205,11 @@ def _predictor_answers(model: Model, rows: List[List[float]]) -> Dict[str, Any]:
     predictor = model.predictor
     assert predictor is not None
     try:
-        predict = [float(predictor.predict(row)) for row in rows]
-        proba = [predictor.predict_proba(row) for row in rows] if model.has_proba else None
+        answers = [predictor.answer(row) for row in rows]
     except single_row.NeedsEstimator:
         return {"predict": None, "proba": None}
+    predict = [float(decided) for decided, _ in answers]
+    proba = [p for _, p in answers] if model.has_proba else None
     if model.classes is not None:  # the estimator answers with the class indexes it knows
         predict = [float(model.known[int(i)]) for i in predict]  # type: ignore[index]
     return {"predict": predict, "proba": proba}

@@ -18,12 +18,13 @@ only the standard library, and :mod:`model_format` stores them beside the estima
   A forest whose trees are deep in all (more than ``_NUMPY_LEVELS`` levels added up) is walked by
   numpy, all trees at once, which then costs the connection numpy's import once.
 
-``predict(x)`` takes the preprocessed feature values (a sequence of floats) and returns the value
-for a regressor, or the *index* into the estimator's ``classes_`` for a classifier;
-``predict_proba(x)`` returns a list aligned with ``classes_``, or None when the estimator has no
-``predict_proba``. A row the predictor does not handle (NaN, infinity, beyond float32 for a tree,
-the wrong length) raises :class:`NeedsEstimator`: the caller then asks the estimator itself, which
-gives scikit-learn's own result or its own ``ValueError``.
+``answer(x)`` takes the preprocessed feature values (a sequence of floats) and returns, in one pass,
+the value for a regressor or the *index* into the estimator's ``classes_`` for a classifier, and the
+class probabilities aligned with ``classes_`` (None for a regressor, or an estimator without
+``predict_proba``); ``predict(x)`` and ``predict_proba(x)`` give either half. A row the predictor
+does not handle (NaN, infinity, beyond float32 for a tree, the wrong length) raises
+:class:`NeedsEstimator`: the caller then asks the estimator itself, which gives scikit-learn's own
+result or its own ``ValueError``.
 """
 from __future__ import annotations
 
@@ -45,13 +46,17 @@ class NeedsEstimator(Exception):
 class Predictor:
     """Single-row predictor for one fitted estimator (see the module docstring)."""
 
+    def answer(self, x: Sequence[float]) -> Tuple[Union[float, int], Optional[List[float]]]:
+        """One row's prediction (the value, or the class index) and class probabilities, computed once."""
+        raise NotImplementedError
+
     def predict(self, x: Sequence[float]) -> Union[float, int]:
         """Predict one row: the value (regressor) or the class index (classifier)."""
-        raise NotImplementedError
+        return self.answer(x)[0]
 
     def predict_proba(self, x: Sequence[float]) -> Optional[List[float]]:
         """Class probabilities of one row, aligned with the estimator's ``classes_``."""
-        return None
+        return self.answer(x)[1]
 
     def to_data(self) -> Data:
         """The predictor's parameters, for :func:`from_data`."""
@@ -68,6 +73,10 @@ def _exp(value: float) -> float:
 def _expit(score: float) -> float:
     # scipy.special.expit computes 1 / (1 + exp(-x)) in double precision, with the C library's exp.
     return 1.0 / (1.0 + _exp(-score))
+
+
+def _argmax(values: List[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)  # the first of equal maxima, as numpy's
 
 
 def _softmax(scores: List[float]) -> List[float]:
@@ -125,18 +134,12 @@ class LinearPredictor(Predictor):
             raise NeedsEstimator
         return scores
 
-    def predict(self, x: Sequence[float]) -> Union[float, int]:
+    def answer(self, x: Sequence[float]) -> Tuple[Union[float, int], Optional[List[float]]]:
         scores = self._scores(x)
         if not self._classifier:
-            return scores[0]
-        if len(scores) == 1:
-            return 1 if scores[0] > 0 else 0
-        return max(range(len(scores)), key=scores.__getitem__)  # the first of equal maxima, as argmax
-
-    def predict_proba(self, x: Sequence[float]) -> Optional[List[float]]:
-        if self._proba is None:
-            return None
-        return _PROBA[self._proba](self._scores(x))
+            return scores[0], None
+        decided = (1 if scores[0] > 0 else 0) if len(scores) == 1 else _argmax(scores)
+        return decided, None if self._proba is None else _PROBA[self._proba](scores)
 
     def to_data(self) -> Data:
         meta = {"kind": "linear", "classifier": self._classifier, "proba": self._proba}
@@ -185,8 +188,8 @@ class TreesPredictor(Predictor):
 
     A row goes left at a node when its feature, rounded to float32, is at most the node's threshold
     (scikit-learn's ``apply``; thresholds are kept as the largest float32 not above them, which
-    decides every float32 the same way); leaf values are added in tree order, starting from the first tree's,
-    and divided by the number of trees, as ``predict`` and ``predict_proba`` do.
+    decides every float32 the same way); leaf values are added in tree order, starting from the
+    first tree's, and divided by the number of trees, as ``predict`` and ``predict_proba`` do.
     """
 
     def __init__(self, roots: array, left: array, right: array, feature: array, threshold: array,
@@ -230,19 +233,16 @@ class TreesPredictor(Predictor):
         n = len(leaves)
         return [p / n for p in total]
 
-    def predict(self, x: Sequence[float]) -> Union[float, int]:
+    def answer(self, x: Sequence[float]) -> Tuple[Union[float, int], Optional[List[float]]]:
         leaves = self._leaves(x)
         if self._n_classes:
             proba = self._proba(leaves)
-            return max(range(len(proba)), key=proba.__getitem__)
+            return _argmax(proba), proba
         value = self._value
         total = value[leaves[0]]
         for leaf in leaves[1:]:
             total += value[leaf]
-        return total / len(leaves)
-
-    def predict_proba(self, x: Sequence[float]) -> Optional[List[float]]:
-        return self._proba(self._leaves(x)) if self._n_classes else None
+        return total / len(leaves), None
 
     def to_data(self) -> Data:
         meta = {"kind": "trees", "n_features": self._n_features, "n_classes": self._n_classes, "levels": self._levels}
