@@ -145,14 +145,12 @@ def read(part: Reader, ref: str) -> Model:
         unpickled = _estimator(part(start, None), made_with, ref)
         model = Model.fitted(header["model_id"], header["task"], columns, header["encoder"], unpickled,
                              header["classes"], made_with=made_with)
-        if _differs(made_with, versions.current()):
-            _check_probe(model, header["probe"], ref, _answers(unpickled, _probe_matrix(header["probe"])))
+        _check_estimator(model, unpickled, header["probe"], ref)
         return model
 
     def estimator() -> Any:
         found = _estimator(part(start, None), made_with, ref)
-        if _differs(made_with, versions.current()):
-            _check_probe(model, header["probe"], ref, _answers(found, _probe_matrix(header["probe"])))
+        _check_estimator(model, found, header["probe"], ref)
         return found
 
     arrays, at = {}, 0
@@ -166,7 +164,9 @@ def read(part: Reader, ref: str) -> Model:
     return model
 
 
-def _estimator(pickled: bytes, made_with: Dict[str, str], ref: str) -> Any:
+def _estimator(pickled: bytes, made_with: Optional[Dict[str, str]], ref: str) -> Any:
+    """What ``pickled`` holds (an estimator; before 0.3.0 a whole model), or the error that says this
+    server cannot load it (made_with: the versions that stored it, if recorded)."""
     try:
         return _unpickle(pickled)
     except PgmlError:
@@ -177,12 +177,7 @@ def _estimator(pickled: bytes, made_with: Dict[str, str], ref: str) -> Any:
 
 def _load_pickled(blob: bytes, ref: str) -> Model:
     """A model stored by pgml_fdw 0.2 or earlier: the whole Model pickled, versions unrecorded."""
-    try:
-        model = _unpickle(blob)
-    except PgmlError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - as in load
-        raise _cannot_load(ref, None, f"{type(exc).__name__}: {exc}") from exc
+    model = _estimator(blob, None, ref)
     if not isinstance(model, Model):
         raise _cannot_load(ref, None, f"it holds a {type(model).__name__}, not a model")
     return model
@@ -194,10 +189,13 @@ def _differs(made_with: Dict[str, str], now: Dict[str, str]) -> bool:
     return any(made_with.get(name) != version for name, version in now.items())
 
 
-def _probe_matrix(probe: Dict[str, Any]) -> Any:
-    import numpy as np
+def _check_estimator(model: Model, estimator: Any, probe: Dict[str, Any], ref: str) -> None:
+    """Refuses an estimator unpickled under other versions than it was trained with, unless it
+    answers the probe as it did then."""
+    if model.made_with is not None and _differs(model.made_with, versions.current()):
+        import numpy as np
 
-    return np.asarray(probe["rows"], dtype=np.float64)
+        _check_probe(model, probe, ref, _answers(estimator, np.asarray(probe["rows"], dtype=np.float64)))
 
 
 def _predictor_answers(model: Model, rows: List[List[float]]) -> Dict[str, Any]:
