@@ -79,9 +79,7 @@ class ServerConnection:
             except libpq.Error as exc:
                 raise _cannot_connect(exc) from exc
             # The caller's own uncommitted DDL can lock what this connection reads: fail, not hang.
-            # bytea as hex, whatever the role's default: libpq.Connection reads it so.
-            conn.fetch("SELECT set_config('lock_timeout', %s, false), set_config('bytea_output', 'hex', false)",
-                       (READ_LOCK_TIMEOUT,))
+            conn.fetch("SELECT set_config('lock_timeout', %s, false)", (READ_LOCK_TIMEOUT,))
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 

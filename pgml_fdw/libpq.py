@@ -4,7 +4,7 @@ A backend that serves predictions reads models and resolves names over one loopb
 psycopg2 would do, but importing it costs a new connection about 25 ms (it loads Python's ssl,
 decimal and datetime modules besides libpq), a third of a first prediction's budget; this module
 loads libpq alone. It runs simple queries with ``%s`` parameters sent as text, and gives back rows
-of Python values (bool, int, float, bytes for bytea, str for anything else). Training and batch
+of Python values (bool, int, float, str for anything else; bytea, as bytes, in a binary fetch). Training and batch
 scoring, which stream data with COPY in worker processes, keep psycopg2.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ class _Lib:
             ("PQresultErrorField", s, [p, i]), ("PQresultErrorMessage", s, [p]), ("PQclear", None, [p]),
             ("PQntuples", i, [p]), ("PQnfields", i, [p]), ("PQftype", ctypes.c_uint, [p, i]),
             ("PQgetvalue", p, [p, i, i]), ("PQgetlength", i, [p, i, i]), ("PQgetisnull", i, [p, i, i]),
-            ("PQbackendPID", i, [p]), ("PQconninfoParse", ctypes.POINTER(_ConninfoOption), [s, ctypes.POINTER(p)]),
+            ("PQconninfoParse", ctypes.POINTER(_ConninfoOption), [s, ctypes.POINTER(p)]),
             ("PQconninfoFree", None, [ctypes.POINTER(_ConninfoOption)]), ("PQfreemem", None, [p]),
         ):
             function = getattr(lib, name)
@@ -162,10 +162,6 @@ class Connection:
     def closed(self) -> bool:
         return self._handle is None
 
-    @property
-    def backend_pid(self) -> int:
-        return int(_pq().PQbackendPID(self._handle))
-
     def fetch(self, query: str, params: Sequence[Any] = (), binary: bool = False) -> List[Tuple[Any, ...]]:
         """The rows of ``query``, whose ``%s`` are replaced by ``params`` in order (sent apart from
         the query's text, never spliced into it). ``binary``: a query of bytea columns only, read
@@ -201,8 +197,8 @@ class Connection:
     def _rows(result: int, binary: bool) -> List[Tuple[Any, ...]]:
         pq = _pq()
         types = [pq.PQftype(result, c) for c in range(pq.PQnfields(result))]
-        if binary and any(oid != _BYTEA for oid in types):
-            raise ValueError("a binary fetch reads bytea columns only")
+        if any((oid == _BYTEA) != binary for oid in types):
+            raise ValueError("bytea columns are read by a binary fetch, and a binary fetch reads only them")
         rows = []
         for r in range(pq.PQntuples(result)):
             row: List[Any] = []
@@ -213,8 +209,6 @@ class Connection:
                 raw = ctypes.string_at(pq.PQgetvalue(result, r, c), pq.PQgetlength(result, r, c))
                 if binary:
                     row.append(raw)
-                elif oid == _BYTEA:
-                    row.append(bytes.fromhex(raw[2:].decode()))  # text output of bytea: \x, then hex
                 elif oid in _INTEGERS:
                     row.append(int(raw))
                 elif oid in _FLOATS:

@@ -60,7 +60,13 @@ class Model:
         self._predictor = predictor
         self._known = known
         self._has_proba = has_proba
-        self._setup()
+        self._version = int(model_id.rsplit("_", 1)[1])
+        self._positions = {c.name: i for i, c in enumerate(self.columns)}
+        self._names = [c.name for c in self.columns]
+        self._all_numbers = all(c.kind == "number" for c in self.columns)
+        self._row = RowEncoder.from_data(encoder) if isinstance(encoder, Mapping) else encoder.row_encoder()
+        if classes is not None:
+            self.labels = [label_text(c) for c in classes]
 
     @classmethod
     def fitted(cls, model_id: str, task: str, columns: Sequence[FeatureColumn], encoder: Any, estimator: Any,
@@ -71,16 +77,6 @@ class Model:
                     fast_predictor(estimator), known, hasattr(estimator, "predict_proba"))
         model._estimator, model._load_estimator = estimator, None
         return model
-
-    def _setup(self) -> None:
-        self._version = int(self.model_id.rsplit("_", 1)[1])
-        self._positions = {c.name: i for i, c in enumerate(self.columns)}
-        self._names = [c.name for c in self.columns]
-        self._all_numbers = all(c.kind == "number" for c in self.columns)
-        data = self._encoder if isinstance(self._encoder, Mapping) else self._encoder.to_data()
-        self._row = RowEncoder.from_data(data)
-        if self.classes is not None:
-            self.labels = [label_text(c) for c in self.classes]
 
     @property
     def estimator(self) -> Any:

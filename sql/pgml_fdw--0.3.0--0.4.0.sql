@@ -27,6 +27,12 @@ SELECT e.model, e.expression, e.error FROM pgml._expressions e
 WHERE has_table_privilege('pgml.predictions', 'SELECT');
 GRANT SELECT ON pgml._model_expressions TO PUBLIC;
 
+-- The expression of the model a uid stands for; NULL when it has none, or the caller may not predict.
+CREATE FUNCTION pgml._expression(uid text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT e.expression FROM pgml._model_expressions e WHERE e.model = uid AND pgml._check(e.error) = 0
+$$;
+
 -- The schema-qualified name of a relation, as the wrapper's own connection finds it whatever the
 -- caller's search_path.
 CREATE FUNCTION pgml._qualified(relation regclass) RETURNS text
@@ -52,8 +58,7 @@ RETURNS TABLE (key text, prediction double precision, label text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     resolved text := pgml._resolve(model);
-    formula text := (SELECT e.expression FROM pgml._model_expressions e
-                     WHERE e.model = resolved AND pgml._check(e.error) = 0);
+    formula text := pgml._expression(resolved);
 BEGIN
     IF formula IS NOT NULL THEN
         RETURN QUERY EXECUTE format('SELECT %s, %s, NULL::text FROM %s',
@@ -84,8 +89,7 @@ RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     resolved text := pgml._resolve(model);
-    formula text := (SELECT e.expression FROM pgml._model_expressions e
-                     WHERE e.model = resolved AND pgml._check(e.error) = 0);
+    formula text := pgml._expression(resolved);
     into_key text := coalesce(target_key, key_column);
     key_type text;
     value_category "char";
