@@ -1,0 +1,513 @@
+"""Why this prediction? Each feature's contribution to one prediction (``pgml.explain``).
+
+An explanation splits one number the model computes for a row, the *explained quantity*, into a
+*base* value that does not depend on the row and one *contribution* per feature, such that::
+
+    base + sum(contributions) == the explained quantity      (to rounding: a few units in the last place)
+
+The quantity is the model's own output, before any link that is not additive:
+
+==================================  ====================  ============================================
+model                               ``explains``          how
+==================================  ====================  ============================================
+linear regression (every linear     ``prediction``        exact: coefficient x encoded value, base =
+estimator the fast path reads)                            intercept
+logistic regression                 ``log_odds``          the same on the predicted class's log-odds
+                                                          (multinomial with 3+ classes: ``raw_score``,
+                                                          the class's score before the softmax)
+ridge / linear svm classifiers      ``decision_function`` the same on the predicted class's score
+decision trees, random forests,     ``prediction`` /      exact path-dependent TreeSHAP (Lundberg et
+extra trees                         ``probability``       al. 2018), computed here with numpy; a
+                                                          classifier's probability of its predicted
+                                                          class
+gradient_boosting_trees             ``prediction`` /      TreeSHAP of every stage's tree; base adds the
+                                    ``log_odds`` /        initial estimate; classifiers explain the
+                                    ``raw_score``         predicted class's log-odds (binary) or raw
+                                                          score (3+ classes)
+xgboost, lightgbm                   ``prediction`` /      the library's own TreeSHAP
+                                    ``log_odds`` /        (``pred_contribs`` / ``pred_contrib``), last
+                                    ``raw_score``         column the base; regressions with a log link
+                                                          (poisson, gamma, tweedie) explain the raw
+                                                          score, the log of the prediction
+==================================  ====================  ============================================
+
+The predicted class is the one ``pgml.predictions`` answers for the row (its ``label``), and the
+contributions explain that class: a positive contribution pushed the model towards it.
+
+Contributions are per *original* feature column: the parts of a one-hot text column are added up
+into that column, and a column the encoder turns into several numbers of its own (the elements of
+an array) gets one contribution per element, named as the encoder names them. A NULL that
+preprocessing imputed is explained at its imputed value (``imputed`` is true and ``value`` says
+which); for a linear model a contribution is relative to an encoded value of 0 (the training mean
+of a standardized column; for a one-hot category, not being that category).
+
+TreeSHAP (path-dependent, the algorithm of the ``shap`` package's TreeExplainer and of XGBoost)
+gives feature ``i`` of a tree, for a row ``x``::
+
+    phi_i = sum, over the leaves l whose path tests i, of
+            v_l * (o_i - z_i) * integral from 0 to 1 of prod_{j != i} ((1 - t) z_j + t o_j) dt
+
+where, over the distinct features ``j`` tested on the path to ``l``, ``z_j`` is the product of the
+fractions of training rows (the node's weighted count) that follow the path's edges on ``j``, and
+``o_j`` is 1 when ``x`` follows all of them, else 0. The integral of this polynomial of degree at
+most d - 1 (d distinct features on the path) is exact with Gauss-Legendre quadrature on ceil(d/2)
+nodes, so the whole computation is a few vectorized numpy passes over every leaf of every tree at
+once (a 100-tree forest of 2,000 rows: tens of milliseconds). The base is the tree's expected value
+under the same weights, sum of v_l times the fraction of training rows reaching l; base plus the
+contributions is the tree's value at the leaf ``x`` reaches. An ensemble averages (forests) or adds
+(boosting, times the learning rate) its trees' explanations.
+"""
+from __future__ import annotations
+
+import json
+import math
+import weakref
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from . import errors
+from .errors import PgmlError
+from .model import Model
+from .single_row import LinearPredictor
+
+# The feature name of the base value's row in pgml.explain.
+BASE = "(base)"
+
+# What an explanation explains (the ``explains`` column).
+PREDICTION = "prediction"
+PROBABILITY = "probability"
+LOG_ODDS = "log_odds"
+RAW_SCORE = "raw_score"
+DECISION_FUNCTION = "decision_function"
+
+EXPLAINABLE = ("linear models (linear, ridge, lasso, elastic_net, bayesian_ridge, huber, linear_svm and "
+               "other linear estimators), decision_tree, random_forest, extra_trees, gradient_boosting_trees, "
+               "xgboost and lightgbm")
+
+
+class Contribution(NamedTuple):
+    """One feature's part of an explanation."""
+
+    feature: str
+    value: Any  # the JSON value the model used: the one given, or the one imputed for a NULL
+    imputed: bool
+    contribution: float
+
+
+class Explanation:
+    """One row's explanation: ``base + sum(c.contribution for c in contributions)`` is the explained
+    quantity (``explains``) of the class ``label`` (None for a regression)."""
+
+    def __init__(self, explains: str, label: Optional[str], method: str, base: float,
+                 contributions: List[Contribution]) -> None:
+        self.explains = explains
+        self.label = label
+        self.method = method  # linear, tree_shap, xgboost or lightgbm
+        self.base = base
+        self.contributions = contributions
+
+    @property
+    def total(self) -> float:
+        """The explained quantity, added up from the explanation (correctly rounded)."""
+        return math.fsum([self.base] + [c.contribution for c in self.contributions])
+
+    def rows(self) -> List[Contribution]:
+        """The base (feature ``(base)``, no value) then each feature's contribution, in training order."""
+        return [Contribution(BASE, None, False, self.base)] + self.contributions
+
+
+# A kind of model's explanation of one encoded row: (its class position among the estimator's
+# outputs, or None for a regression) -> (per encoded feature, base, explains, method).
+Explain = Callable[[List[float], Optional[int]], Tuple[List[float], float, str, str]]
+
+
+class _Prepared(NamedTuple):
+    explain: Explain
+    groups: List[Tuple[str, int, Optional[int], List[int]]]  # (name, input column, element, encoded outputs)
+    imputed: List[Any]  # per input column: the value imputed for a NULL, or None
+
+
+# Explainers are prepared once per loaded model (the store keeps a model for many predictions).
+_PREPARED: "weakref.WeakKeyDictionary[Model, _Prepared]" = weakref.WeakKeyDictionary()
+
+
+def explain(model: Model, features: Any) -> Explanation:
+    """The explanation of ``model``'s prediction for one row of features, given as
+    :meth:`Model.predict_row` takes them (a JSON object by name or array in training order, as
+    text or parsed). Raises :class:`PgmlError` for features the model cannot score and for a model
+    that cannot be explained."""
+    if isinstance(features, str):
+        try:
+            features = json.loads(features)
+        except (ValueError, RecursionError):
+            pass  # row_values says what is wrong with it
+    values = model.row_values(features)
+    # The model's own answer first: the same errors as a prediction, and the class it predicts.
+    _, label, _ = model.predict_row(features)
+    prepared = _prepared(model)
+    position = None
+    if model.classes is not None:
+        assert model.known is not None and label is not None
+        position = model.known.index(model.labels.index(label))
+    encoded = model.row_encoder.encode(values)
+    parts, base, explains, method = prepared.explain(encoded, position)
+    given = _given(model, features)
+    contributions = []
+    for name, column, element, outputs in prepared.groups:
+        value = given[column]
+        if element is not None:
+            value = value[element] if isinstance(value, list) and element < len(value) else None
+        imputed = value is None and prepared.imputed[column] is not None
+        contributions.append(Contribution(name, prepared.imputed[column] if imputed else value, imputed,
+                                          math.fsum(parts[o] for o in outputs)))
+    return Explanation(explains, label, method, base, contributions)
+
+
+def _given(model: Model, features: Any) -> List[Any]:
+    """The JSON value given for each column, in training order (row_values has checked them)."""
+    if isinstance(features, dict):
+        return [features.get(c.name) for c in model.columns]
+    return list(features)
+
+
+def _prepared(model: Model) -> _Prepared:
+    prepared = _PREPARED.get(model)
+    if prepared is None:
+        describe = model.encoder.describe()
+        imputed = [describe.get(c.name, {}).get("impute_value") for c in model.columns]
+        prepared = _Prepared(_explainer(model), _groups(model), imputed)
+        _PREPARED[model] = prepared
+    return prepared
+
+
+def _groups(model: Model) -> List[Tuple[str, int, Optional[int], List[int]]]:
+    """Which encoded outputs make up each explained feature: a number column's output, a text
+    column's outputs (one-hot: one per category), and, for a column the encoder spreads over
+    several outputs of its own (an array's elements), each of them by the encoder's name for it."""
+    row = model.row_encoder
+    names = model.encoder.output_names
+    sources = model.encoder.output_sources
+    positions = {c.name: i for i, c in enumerate(model.columns)}
+    groups: List[Tuple[int, int, str, Optional[int], List[int]]] = []
+    claimed = set()
+    per_column: Dict[int, int] = {}
+    for index, *_ in row.numbers:
+        per_column[index] = per_column.get(index, 0) + 1
+    elements: Dict[int, int] = {}
+    for index, out, *_ in sorted(row.numbers, key=lambda n: n[1]):
+        if per_column[index] == 1:
+            groups.append((index, out, model.columns[index].name, None, [out]))
+        else:
+            element = elements[index] = elements.get(index, -1) + 1
+            groups.append((index, out, names[out], element, [out]))
+        claimed.add(out)
+    for index, first, lookup, one_hot in row.texts:
+        outputs = list(range(first, first + len(set(lookup.values())))) if one_hot else [first]
+        groups.append((index, first, model.columns[index].name, None, outputs))
+        claimed.update(outputs)
+    # Outputs of an encoding these tables do not describe: each on its own, by the encoder's name.
+    for out in range(row.n_outputs):
+        if out not in claimed:
+            groups.append((positions.get(sources[out], 0), out, names[out], None, [out]))
+    groups.sort(key=lambda g: (g[0], g[1]))
+    return [(name, index, element, outputs) for index, _, name, element, outputs in groups]
+
+
+# -- choosing the explainer ---------------------------------------------------------------------------
+
+def _explainer(model: Model) -> Explain:
+    """The explainer for the model's estimator, or the error that says it has none."""
+    predictor = model.predictor
+    if isinstance(predictor, LinearPredictor):
+        return _linear(predictor)  # without loading the estimator: the fast path has its parameters
+    estimator = model.estimator
+    module = type(estimator).__module__.split(".")[0]
+    if module == "xgboost" and hasattr(estimator, "get_booster"):
+        return _xgboost(estimator)
+    if module == "lightgbm" and hasattr(estimator, "booster_"):
+        return _lightgbm(estimator)
+    trees = _sklearn_trees(estimator)
+    if trees is not None:
+        return trees
+    raise PgmlError(
+        f"model {model.model_id} ({type(estimator).__name__}) cannot be explained: pgml.explain explains "
+        f"{EXPLAINABLE}",
+        hint="Retrain it with one of those algorithms to explain single predictions; to see which features matter "
+        f"to this model overall, read its importance: SELECT feature, importance FROM pgml.features "
+        f"WHERE model = '{model.model_id}'.",
+        sqlstate=errors.FEATURE_NOT_SUPPORTED)
+
+
+def _flip(n_outputs: int, position: Optional[int]) -> Tuple[int, float]:
+    """(the output row to explain, its sign): a binary classifier's single score is the log-odds
+    (or decision) of class 1, so the predicted class 0 is explained by its negation."""
+    if position is None:
+        return 0, 1.0
+    if n_outputs == 1:
+        return 0, (1.0 if position == 1 else -1.0)
+    return position, 1.0
+
+
+def _linear(predictor: LinearPredictor) -> Explain:
+    meta, arrays = predictor.to_data()
+    intercept = list(arrays["intercept"])
+    width = len(arrays["coef"]) // len(intercept)
+    coef = [list(arrays["coef"][i * width:(i + 1) * width]) for i in range(len(intercept))]
+    proba = meta["proba"]
+    if not meta["classifier"]:
+        explains, scale = PREDICTION, 1.0
+    elif proba in ("ovr", "ovr_binary"):
+        explains, scale = LOG_ODDS, 1.0
+    elif proba == "softmax_binary":
+        # Two-class multinomial: probabilities are softmax(-s, s), so the log-odds are 2 s (exactly).
+        explains, scale = LOG_ODDS, 2.0
+    elif proba == "softmax":
+        explains, scale = RAW_SCORE, 1.0
+    else:
+        explains, scale = DECISION_FUNCTION, 1.0
+
+    def run(x: List[float], position: Optional[int]) -> Tuple[List[float], float, str, str]:
+        row, sign = _flip(len(intercept), position)
+        factor = sign * scale  # a power of two: multiplying by it rounds nothing
+        return [factor * (c * v) for c, v in zip(coef[row], x)], factor * intercept[row], explains, "linear"
+
+    return run
+
+
+# -- the libraries' own contributions ----------------------------------------------------------------
+
+# Regression objectives whose prediction is not their raw score (a log or logistic link).
+_XGBOOST_LINKED = ("reg:logistic", "count:poisson", "reg:gamma", "reg:tweedie", "survival:")
+_LIGHTGBM_LINKED = ("poisson", "gamma", "tweedie", "cross_entropy", "xentropy", "cross_entropy_lambda", "xentlambda")
+
+
+def _classifier_quantity(n_classes: int) -> str:
+    return LOG_ODDS if n_classes <= 2 else RAW_SCORE
+
+
+def _xgboost(estimator: Any) -> Explain:
+    import numpy as np
+    import xgboost
+
+    booster = estimator.get_booster()
+    classes = getattr(estimator, "classes_", None)
+    objective = str(estimator.get_params().get("objective") or "")
+    if classes is not None:
+        explains = _classifier_quantity(len(classes))
+    else:
+        explains = RAW_SCORE if objective.startswith(_XGBOOST_LINKED) else PREDICTION
+    # As the estimator's predict: up to the best iteration when early stopping found one.
+    try:
+        iterations = (0, int(estimator.best_iteration) + 1)
+    except (AttributeError, TypeError, ValueError):
+        iterations = (0, 0)
+
+    def run(x: List[float], position: Optional[int]) -> Tuple[List[float], float, str, str]:
+        matrix = xgboost.DMatrix(np.array([x], dtype=np.float64), missing=np.nan)
+        # (rows, groups, features + 1): one group per class for 3+ classes, else one.
+        out = booster.predict(matrix, pred_contribs=True, strict_shape=True, iteration_range=iterations)
+        row, sign = _flip(out.shape[1], position)
+        values = np.asarray(out[0, row], dtype=np.float64) * sign
+        return values[:-1].tolist(), float(values[-1]), explains, "xgboost"
+
+    return run
+
+
+def _lightgbm(estimator: Any) -> Explain:
+    import numpy as np
+
+    classes = getattr(estimator, "classes_", None)
+    objective = str(getattr(estimator, "objective_", None) or estimator.get_params().get("objective") or "")
+    if classes is not None:
+        explains = _classifier_quantity(len(classes))
+    else:
+        explains = RAW_SCORE if objective in _LIGHTGBM_LINKED else PREDICTION
+
+    def run(x: List[float], position: Optional[int]) -> Tuple[List[float], float, str, str]:
+        # The scikit-learn API's predict picks the iterations (the best one after early stopping).
+        out = np.asarray(estimator.predict(np.array([x], dtype=np.float64), pred_contrib=True), dtype=np.float64)
+        width = len(x) + 1
+        groups = out.shape[1] // width  # (rows, (features + 1) x groups), one group per class for 3+
+        row, sign = _flip(groups, position)
+        values = out[0, row * width:(row + 1) * width] * sign
+        return values[:-1].tolist(), float(values[-1]), explains, "lightgbm"
+
+    return run
+
+
+# -- scikit-learn's trees: TreeSHAP -----------------------------------------------------------------
+
+def _sklearn_trees(estimator: Any) -> Optional[Explain]:
+    """TreeSHAP for scikit-learn's trees, forests and gradient boosting; None for anything else."""
+    from sklearn import ensemble, tree
+
+    kind = type(estimator)
+    single = {tree.DecisionTreeRegressor, tree.DecisionTreeClassifier, tree.ExtraTreeRegressor,
+              tree.ExtraTreeClassifier}
+    forests = {ensemble.RandomForestRegressor, ensemble.RandomForestClassifier, ensemble.ExtraTreesRegressor,
+               ensemble.ExtraTreesClassifier}
+    boosting = {ensemble.GradientBoostingRegressor, ensemble.GradientBoostingClassifier}
+    if kind not in single | forests | boosting or getattr(estimator, "n_outputs_", 1) != 1:
+        return None
+    n_features = int(estimator.n_features_in_)
+    if kind in boosting:
+        return _boosting(estimator, n_features)
+    members = [estimator] if kind in single else list(estimator.estimators_)
+    classifier = hasattr(estimator, "classes_")
+    # A forest averages its trees: each counts 1/T (a classifier's leaves hold class fractions).
+    shap = TreeShap([m.tree_ for m in members], [1.0 / len(members)] * len(members), n_features)
+
+    def run(x: List[float], position: Optional[int]) -> Tuple[List[float], float, str, str]:
+        parts, base = shap.explain(x, 0 if position is None else position)
+        return parts, base, PROBABILITY if classifier else PREDICTION, "tree_shap"
+
+    return run
+
+
+def _boosting(estimator: Any, n_features: int) -> Explain:
+    import numpy as np
+
+    stages = estimator.estimators_  # (stages, 1 or classes) regression trees on the raw score
+    rate = float(estimator.learning_rate)
+    columns = stages.shape[1]
+    per_column = [TreeShap([t.tree_ for t in stages[:, k]], [rate] * stages.shape[0], n_features)
+                  for k in range(columns)]
+    # The initial raw score (the loss's fit to the training target alone): the same for every row.
+    init = np.asarray(estimator._raw_predict_init(np.zeros((1, n_features), dtype=np.float32)),
+                      dtype=np.float64)[0]
+    classifier = hasattr(estimator, "classes_")
+    explains = _classifier_quantity(len(estimator.classes_)) if classifier else PREDICTION
+
+    def run(x: List[float], position: Optional[int]) -> Tuple[List[float], float, str, str]:
+        column, sign = _flip(columns, position)
+        parts, base = per_column[column].explain(x, 0)
+        return [sign * p for p in parts], sign * (float(init[column]) + base), explains, "tree_shap"
+
+    return run
+
+
+class TreeShap:
+    """Exact path-dependent TreeSHAP of a weighted sum of scikit-learn trees (``tree_`` objects),
+    all trees at once (see the module docstring). Prepared once: every leaf's path, its distinct
+    features and their fractions of training rows; per row, numpy passes over every leaf."""
+
+    # Leaves x features on a path x quadrature nodes handled per pass: bounds the memory one row takes.
+    _CHUNK = 1 << 20
+
+    def __init__(self, trees: Sequence[Any], weights: Sequence[float], n_features: int) -> None:
+        import numpy as np
+
+        self._np = np
+        self.n_features = n_features
+        offsets = np.concatenate(([0], np.cumsum([t.node_count for t in trees])[:-1])).astype(np.intp)
+        left = np.concatenate([np.where(t.children_left >= 0, t.children_left + o, -1) for t, o in zip(trees, offsets)])
+        right = np.concatenate([np.where(t.children_right >= 0, t.children_right + o, -1)
+                                for t, o in zip(trees, offsets)])
+        feature = np.concatenate([t.feature for t in trees]).astype(np.intp)
+        threshold = np.concatenate([t.threshold for t in trees]).astype(np.float64)
+        cover = np.concatenate([t.weighted_n_node_samples for t in trees]).astype(np.float64)
+        # Where a NaN goes (trees fitted on data with NaN, scikit-learn >= 1.3): else never asked.
+        missing_left = np.concatenate([np.asarray(getattr(t, "missing_go_to_left", np.zeros(t.node_count)),
+                                                  dtype=bool) for t in trees])
+        values = np.concatenate([t.value[:, 0, :] for t in trees]).astype(np.float64)  # (nodes, outputs)
+        weight = np.concatenate([np.full(t.node_count, w, dtype=np.float64) for t, w in zip(trees, weights)])
+
+        n = len(left)
+        parent = np.full(n, -1, dtype=np.intp)
+        inner = np.flatnonzero(left >= 0)
+        parent[left[inner]] = inner
+        parent[right[inner]] = inner
+        went_left = np.zeros(n, dtype=bool)
+        went_left[left[inner]] = True
+        leaves = np.flatnonzero(left < 0)
+        n_leaves = len(leaves)
+
+        # Every leaf's path, from the leaf up: the edges' parents, which way they went, their ratios.
+        steps = []
+        node = leaves.copy()
+        while True:
+            up = np.where(node >= 0, parent[np.maximum(node, 0)], -1)
+            if not (up >= 0).any():
+                break
+            steps.append((up, np.where(up >= 0, went_left[np.maximum(node, 0)], False),
+                          np.where(up >= 0, _ratio(cover[np.maximum(node, 0)], cover[np.maximum(up, 0)]), 1.0)))
+            node = up
+        depth = max(len(steps), 1)
+        edge_parent = np.full((n_leaves, depth), -1, dtype=np.intp)
+        edge_left = np.zeros((n_leaves, depth), dtype=bool)
+        edge_ratio = np.ones((n_leaves, depth), dtype=np.float64)
+        for s, (up, goes_left, ratio) in enumerate(steps):
+            edge_parent[:, s], edge_left[:, s], edge_ratio[:, s] = up, goes_left, ratio
+        valid = edge_parent >= 0
+        safe_parent = np.maximum(edge_parent, 0)
+        # Padding gets features of its own (negative, one per slot) so that it matches nothing.
+        edge_feature = np.where(valid, feature[safe_parent], -1 - np.arange(depth)[None, :])
+
+        # The distinct features of each path: the first slot of each feature, compacted to the left.
+        first = np.empty((n_leaves, depth), dtype=np.intp)
+        for s in range(depth):
+            first[:, s] = np.argmax(edge_feature[:, :s + 1] == edge_feature[:, s:s + 1], axis=1)
+        is_first = (first == np.arange(depth)[None, :]) & valid
+        compact = np.cumsum(is_first, axis=1) - 1
+        width = max(int(is_first.sum(axis=1).max()) if n_leaves else 0, 1)
+        slot = np.where(valid, np.take_along_axis(compact, first, axis=1), width)  # padding: slot `width`
+        flat = (np.arange(n_leaves)[:, None] * (width + 1) + slot)[valid]  # one bin per (leaf, slot)
+
+        zero = np.ones(n_leaves * (width + 1), dtype=np.float64)
+        np.multiply.at(zero, flat, edge_ratio[valid])
+        self._zero = zero.reshape(n_leaves, width + 1)[:, :width]
+        slot_feature = np.full((n_leaves, width + 1), n_features, dtype=np.intp)  # unused slots: a bin dropped
+        slot_feature.reshape(-1)[flat] = edge_feature[valid]
+        self._slot_feature = slot_feature[:, :width]
+        self._used = self._slot_feature < n_features
+        self._width = width
+
+        # Per edge, for a row: its feature, threshold, direction and where a NaN goes.
+        self._edge_flat = flat
+        self._edge_feature = edge_feature[valid]
+        self._edge_threshold = threshold[safe_parent][valid]
+        self._edge_left = edge_left[valid]
+        self._edge_missing_left = missing_left[safe_parent][valid]
+
+        self._values = values[leaves] * weight[leaves][:, None]  # (leaves, outputs), weighted
+        self._reach = self._zero.prod(axis=1)  # fraction of training rows reaching each leaf
+        points, quadrature = np.polynomial.legendre.leggauss(max(1, (width + 1) // 2))
+        self._t = (points + 1.0) / 2.0  # Gauss-Legendre on [0, 1]: exact to degree 2 x nodes - 1
+        self._w = quadrature / 2.0
+
+    def explain(self, x: Sequence[float], output: int) -> Tuple[List[float], float]:
+        """(contribution per feature, base) of ``output`` (a classifier's class position, else 0)
+        for one encoded row; base + sum = the weighted sum of the trees' values at ``x``."""
+        np = self._np
+        # scikit-learn compares the feature as float32 with the float64 threshold.
+        row = np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
+        xv = row[self._edge_feature]
+        goes_left = np.where(np.isnan(xv), self._edge_missing_left, xv <= self._edge_threshold)
+        n_leaves, width = self._zero.shape
+        missed = np.bincount(self._edge_flat[goes_left != self._edge_left], minlength=n_leaves * (width + 1))
+        one = (missed.reshape(n_leaves, width + 1)[:, :width] == 0).astype(np.float64)
+        value = self._values[:, output]
+        t, w = self._t, self._w
+        totals = np.zeros(self.n_features + 1, dtype=np.float64)
+        step = max(1, self._CHUNK // (width * len(t)))
+        for start in range(0, n_leaves, step):
+            part = slice(start, start + step)
+            z, o, used = self._zero[part], one[part], self._used[part]
+            # Each distinct feature's factor (1 - t) z + t o at every quadrature node; 1 where unused.
+            factor = np.where(used[:, :, None], (1.0 - t) * z[:, :, None] + t * o[:, :, None], 1.0)
+            # The product of the other features' factors: prefix and suffix products.
+            before = np.ones_like(factor)
+            before[:, 1:] = np.cumprod(factor[:, :-1], axis=1)
+            after = np.ones_like(factor)
+            after[:, :-1] = np.cumprod(factor[:, :0:-1], axis=1)[:, ::-1]
+            integral = (before * after) @ w
+            phi = value[part, None] * (o - z) * integral * used
+            totals += np.bincount(self._slot_feature[part].ravel(), weights=phi.ravel(),
+                                  minlength=self.n_features + 1)
+        return totals[:self.n_features].tolist(), float(np.dot(value, self._reach))
+
+
+def _ratio(child: Any, parent: Any) -> Any:
+    """The fraction of a node's training weight that an edge carries (0 below a node with none)."""
+    import numpy as np
+
+    return np.divide(child, parent, out=np.zeros_like(child), where=parent > 0)
