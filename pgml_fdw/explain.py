@@ -137,9 +137,11 @@ def explain(model: Model, features: Any) -> Explanation:
     that cannot be explained."""
     if isinstance(features, str):
         try:
-            features = json.loads(features)
+            parsed = json.loads(features)
         except (ValueError, RecursionError):
-            pass  # row_values says what is wrong with it
+            parsed = None
+        if isinstance(parsed, (dict, list)):
+            features = parsed  # else row_values says what is wrong with the text
     values = model.row_values(features)
     # The model's own answer first: the same errors as a prediction, and the class it predicts.
     _, label, _ = model.predict_row(features)

@@ -360,11 +360,68 @@ class Predictions(_Table):
             self.services.reading.close()  # planning alone (PREPARE, EXPLAIN) reaches no end_scan
 
 
+class Explanations(_Table):
+    """pgml._explanations: WHERE model = uid AND features = ... gives the explanation of that
+    prediction (:mod:`explain`), one row per feature after the base's, or one row holding the error."""
+
+    def execute(self, quals: List[Any], columns: Any) -> Iterable[Any]:
+        wanted = _equalities(quals)
+        try:
+            rows = self._explain(wanted)
+        except Exception as exc:  # noqa: BLE001 - handed back to pgml.explain, which raises it
+            rows = [{"error": as_user_error(exc).as_json()}]
+        # Every row repeats the conditions as given: PostgreSQL's recheck of them keeps the rows.
+        features = wanted.get("features")  # jsonb arrives as text (Multicorn 1.4) or parsed
+        echo = {"model": wanted.get("model"),
+                "features": features if features is None or isinstance(features, str) else _json_text(features)}
+        return [tuple(dict(row, **echo).get(name) for name in self.column_order) for row in rows]
+
+    def _explain(self, wanted: Dict[str, Any]) -> List[Dict[str, Any]]:
+        from .explain import explain
+        from .store import UID
+
+        uid, features = wanted.get("model"), wanted.get("features")
+        if uid is None or features is None or not UID.match(uid):
+            raise PgmlError("pgml._explanations needs WHERE model = (a model's uid) AND features = ...",
+                            hint="Call pgml.explain(model, features), which resolves the model's name.")
+        explanation = explain(self.services.store.get(uid, None), features)
+        # The base (the first row) has no value; a feature given as null, the JSON null.
+        return [{"feature": row.feature, "value": None if i == 0 else json.dumps(row.value), "imputed": row.imputed,
+                 "contribution": row.contribution, "explains": explanation.explains, "label": explanation.label}
+                for i, row in enumerate(explanation.rows())]
+
+    def rel_size(self, quals: List[Any]) -> Tuple[int, int, int]:
+        # The plans Multicorn cannot run safely, refused as pgml.predictions refuses them (see there).
+        wanted = _equalities(quals)
+        nested, explaining = plan_guard.planning_subquery()
+        if nested and (explaining or "model" not in wanted or "features" not in wanted):
+            raise PgmlCannotPlanThisQuery(
+                "pgml._explanations inside a subquery " + ("cannot be explained" if explaining else
+                                                           "needs a constant model and features")
+                + ": Multicorn mishandles conditions that refer to an outer query, and can crash the server on "
+                "them. Call pgml.explain(model, features), in a LATERAL join to explain the rows of a table.")
+        if "features" not in wanted and not nested:
+            from . import backend
+
+            if plan_guard.explaining():
+                raise PgmlCannotPlanThisQuery(
+                    "EXPLAIN cannot show pgml._explanations with features computed when the query runs: Multicorn "
+                    "hands the wrapper such a value unset under EXPLAIN, and can crash the server on it. Call "
+                    "pgml.explain(model, features) instead, or write the features as a constant.")
+            if backend.setting("plan_cache_mode") == "force_generic_plan" and plan_guard.preparing_a_statement():
+                raise PgmlCannotPlanThisQuery(
+                    "pgml._explanations cannot be prepared with its features a parameter under plan_cache_mode = "
+                    "force_generic_plan: an EXPLAIN EXECUTE of that generic plan could crash the server. Call "
+                    "pgml.explain(model, features) instead.")
+        return 20, 64, 1
+
+
 _HANDLERS: Dict[str, Callable[[Dict[str, str], List[str]], _Table]] = {
     "training_runs": TrainingRuns,
     "predictions": Predictions,
     "algorithms": Algorithms,
     "expressions": Expressions,
+    "explanations": Explanations,
     "trained_estimators": TrainedEstimators,
     # 0.1.0's deployment trigger scans it; ALTER EXTENSION pgml_fdw UPDATE drops it.
     "model_cache": _Table,
