@@ -52,7 +52,9 @@ fractions of training rows (the node's weighted count) that follow the path's ed
 ``o_j`` is 1 when ``x`` follows all of them, else 0. The integral of this polynomial of degree at
 most d - 1 (d distinct features on the path) is exact with Gauss-Legendre quadrature on ceil(d/2)
 nodes, so the whole computation is a few vectorized numpy passes over every leaf of every tree at
-once (a 100-tree forest of 2,000 rows: tens of milliseconds). The base is the tree's expected value
+once: for a 100-tree forest of 2,000 training rows (130,000 leaves), about 0.2 s per row on this
+project's two busy cores, and 30 MB of prepared arrays, kept for the last few models explained
+(see :class:`TreeShap` for larger ones). The base is the tree's expected value
 under the same weights, sum of v_l times the fraction of training rows reaching l; base plus the
 contributions is the tree's value at the leaf ``x`` reaches. An ensemble averages (forests) or adds
 (boosting, times the learning rate) its trees' explanations.
@@ -61,7 +63,7 @@ from __future__ import annotations
 
 import json
 import math
-import weakref
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import errors
@@ -126,8 +128,10 @@ class _Prepared(NamedTuple):
     imputed: List[Any]  # per input column: the value imputed for a NULL, or None
 
 
-# Explainers are prepared once per loaded model (the store keeps a model for many predictions).
-_PREPARED: "weakref.WeakKeyDictionary[Model, _Prepared]" = weakref.WeakKeyDictionary()
+# Explainers are prepared once per loaded model and kept for the few models explained last: a
+# forest's takes tens of megabytes (TreeShap), more than the model itself.
+_PREPARED: "OrderedDict[Model, _Prepared]" = OrderedDict()
+_KEEP_PREPARED = 4
 
 
 def explain(model: Model, features: Any) -> Explanation:
@@ -172,12 +176,15 @@ def _given(model: Model, features: Any) -> List[Any]:
 
 
 def _prepared(model: Model) -> _Prepared:
-    prepared = _PREPARED.get(model)
+    prepared = _PREPARED.get(model)  # by identity: a Model has no equality of its own
     if prepared is None:
         describe = model.encoder.describe()
         imputed = [describe.get(c.name, {}).get("impute_value") for c in model.columns]
         prepared = _Prepared(_explainer(model), _groups(model), imputed)
-        _PREPARED[model] = prepared
+    _PREPARED[model] = prepared
+    _PREPARED.move_to_end(model)
+    while len(_PREPARED) > _KEEP_PREPARED:
+        _PREPARED.popitem(last=False)
     return prepared
 
 
@@ -388,33 +395,68 @@ def _boosting(estimator: Any, n_features: int) -> Explain:
 
 
 class TreeShap:
-    """Exact path-dependent TreeSHAP of a weighted sum of scikit-learn trees (``tree_`` objects),
-    all trees at once (see the module docstring). Prepared once: every leaf's path, its distinct
-    features and their fractions of training rows; per row, numpy passes over every leaf."""
+    """Exact path-dependent TreeSHAP of a weighted sum of scikit-learn trees (``tree_`` objects): see
+    the module docstring. The trees are taken in groups of about ``_GROUP_EDGES`` paths' edges, each
+    group's leaves all at once (:class:`_Paths`); the groups are prepared once and kept when all of
+    them hold at most ``_KEPT_EDGES`` edges (about 10 bytes each), else prepared anew for every row,
+    so that a forest of millions of leaves costs time, not the backend's memory."""
+
+    _GROUP_EDGES = 500_000
+    _KEPT_EDGES = 4_000_000
+
+    def __init__(self, trees: Sequence[Any], weights: Sequence[float], n_features: int) -> None:
+        self.n_features = n_features
+        self._groups: List[List[Tuple[Any, float]]] = [[]]
+        size = total = 0
+        for tree, weight in zip(trees, weights):
+            edges = int(tree.n_leaves) * max(int(tree.max_depth), 1)  # at most
+            if self._groups[-1] and size + edges > self._GROUP_EDGES:
+                self._groups.append([])
+                size = 0
+            self._groups[-1].append((tree, weight))
+            size += edges
+            total += edges
+        self._kept = [_Paths(group, n_features) for group in self._groups] if total <= self._KEPT_EDGES else None
+
+    def explain(self, x: Sequence[float], output: int) -> Tuple[List[float], float]:
+        """(contribution per feature, base) of ``output`` (a classifier's class position, else 0)
+        for one encoded row; base + sum = the weighted sum of the trees' values at ``x``."""
+        import numpy as np
+
+        # scikit-learn compares the feature as float32 with the float64 threshold.
+        row = np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
+        totals = np.zeros(self.n_features + 1, dtype=np.float64)
+        base = 0.0
+        for paths in self._kept or (_Paths(group, self.n_features) for group in self._groups):
+            base += paths.explain(row, output, totals)
+        return totals[:self.n_features].tolist(), base
+
+
+class _Paths:
+    """The leaves of some trees, prepared for TreeSHAP: per leaf, the distinct features on its path
+    (compacted to the left, ``width`` at most), the fraction of training rows following the path's
+    edges on each (``zero``), its weighted value; per edge of every path, the node it leaves, which
+    way it goes and the (leaf, feature) it counts for."""
 
     # Leaves x features on a path x quadrature nodes handled per pass: bounds the memory one row takes.
     _CHUNK = 1 << 20
 
-    def __init__(self, trees: Sequence[Any], weights: Sequence[float], n_features: int) -> None:
+    def __init__(self, trees: Sequence[Tuple[Any, float]], n_features: int) -> None:
         import numpy as np
 
-        self._np = np
         self.n_features = n_features
-        offsets = np.concatenate(([0], np.cumsum([t.node_count for t in trees])[:-1])).astype(np.intp)
-        left = np.concatenate([np.where(t.children_left >= 0, t.children_left + o, -1) for t, o in zip(trees, offsets)])
+        nodes = [t for t, _ in trees]
+        offsets = np.concatenate(([0], np.cumsum([t.node_count for t in nodes])[:-1])).astype(np.int64)
+        left = np.concatenate([np.where(t.children_left >= 0, t.children_left + o, -1) for t, o in zip(nodes, offsets)])
         right = np.concatenate([np.where(t.children_right >= 0, t.children_right + o, -1)
-                                for t, o in zip(trees, offsets)])
-        feature = np.concatenate([t.feature for t in trees]).astype(np.intp)
-        threshold = np.concatenate([t.threshold for t in trees]).astype(np.float64)
-        cover = np.concatenate([t.weighted_n_node_samples for t in trees]).astype(np.float64)
-        # Where a NaN goes (trees fitted on data with NaN, scikit-learn >= 1.3): else never asked.
-        missing_left = np.concatenate([np.asarray(getattr(t, "missing_go_to_left", np.zeros(t.node_count)),
-                                                  dtype=bool) for t in trees])
-        values = np.concatenate([t.value[:, 0, :] for t in trees]).astype(np.float64)  # (nodes, outputs)
-        weight = np.concatenate([np.full(t.node_count, w, dtype=np.float64) for t, w in zip(trees, weights)])
+                                for t, o in zip(nodes, offsets)])
+        feature = np.concatenate([t.feature for t in nodes])
+        cover = np.concatenate([t.weighted_n_node_samples for t in nodes]).astype(np.float64)
+        values = np.concatenate([t.value[:, 0, :] for t in nodes]).astype(np.float64)  # (nodes, outputs)
+        weight = np.concatenate([np.full(t.node_count, w, dtype=np.float64) for t, w in trees])
 
         n = len(left)
-        parent = np.full(n, -1, dtype=np.intp)
+        parent = np.full(n, -1, dtype=np.int64)
         inner = np.flatnonzero(left >= 0)
         parent[left[inner]] = inner
         parent[right[inner]] = inner
@@ -423,89 +465,96 @@ class TreeShap:
         leaves = np.flatnonzero(left < 0)
         n_leaves = len(leaves)
 
-        # Every leaf's path, from the leaf up: the edges' parents, which way they went, their ratios.
+        # Every leaf's path, from the leaf up: the edges' parent nodes, which way they went, the
+        # fraction of the parent's training weight they carry.
         steps = []
-        node = leaves.copy()
+        node = leaves
         while True:
-            up = np.where(node >= 0, parent[np.maximum(node, 0)], -1)
+            below = np.maximum(node, 0)
+            up = np.where(node >= 0, parent[below], -1)
             if not (up >= 0).any():
                 break
-            steps.append((up, np.where(up >= 0, went_left[np.maximum(node, 0)], False),
-                          np.where(up >= 0, _ratio(cover[np.maximum(node, 0)], cover[np.maximum(up, 0)]), 1.0)))
+            steps.append((up, went_left[below], _ratio(cover[below], cover[np.maximum(up, 0)])))
             node = up
         depth = max(len(steps), 1)
-        edge_parent = np.full((n_leaves, depth), -1, dtype=np.intp)
+        edge_parent = np.full((n_leaves, depth), -1, dtype=np.int32)
         edge_left = np.zeros((n_leaves, depth), dtype=bool)
         edge_ratio = np.ones((n_leaves, depth), dtype=np.float64)
         for s, (up, goes_left, ratio) in enumerate(steps):
             edge_parent[:, s], edge_left[:, s], edge_ratio[:, s] = up, goes_left, ratio
         valid = edge_parent >= 0
-        safe_parent = np.maximum(edge_parent, 0)
         # Padding gets features of its own (negative, one per slot) so that it matches nothing.
-        edge_feature = np.where(valid, feature[safe_parent], -1 - np.arange(depth)[None, :])
+        edge_feature = np.where(valid, feature[np.maximum(edge_parent, 0)],
+                                -1 - np.arange(depth, dtype=np.int32)[None, :]).astype(np.int32)
 
         # The distinct features of each path: the first slot of each feature, compacted to the left.
-        first = np.empty((n_leaves, depth), dtype=np.intp)
+        first = np.empty((n_leaves, depth), dtype=np.int32)
         for s in range(depth):
             first[:, s] = np.argmax(edge_feature[:, :s + 1] == edge_feature[:, s:s + 1], axis=1)
         is_first = (first == np.arange(depth)[None, :]) & valid
-        compact = np.cumsum(is_first, axis=1) - 1
+        compact = np.cumsum(is_first, axis=1, dtype=np.int32) - 1
         width = max(int(is_first.sum(axis=1).max()) if n_leaves else 0, 1)
-        slot = np.where(valid, np.take_along_axis(compact, first, axis=1), width)  # padding: slot `width`
-        flat = (np.arange(n_leaves)[:, None] * (width + 1) + slot)[valid]  # one bin per (leaf, slot)
+        slot = np.take_along_axis(compact, first, axis=1)
+        # One bin per (feature slot, leaf), slot-major: a row's passes run over each slot's leaves.
+        flat = (slot * n_leaves + np.arange(n_leaves, dtype=np.int32)[:, None])[valid]
 
-        zero = np.ones(n_leaves * (width + 1), dtype=np.float64)
+        zero = np.ones((width + 1) * n_leaves, dtype=np.float64)
         np.multiply.at(zero, flat, edge_ratio[valid])
-        self._zero = zero.reshape(n_leaves, width + 1)[:, :width]
-        slot_feature = np.full((n_leaves, width + 1), n_features, dtype=np.intp)  # unused slots: a bin dropped
-        slot_feature.reshape(-1)[flat] = edge_feature[valid]
-        self._slot_feature = slot_feature[:, :width]
-        self._used = self._slot_feature < n_features
-        self._width = width
+        self._zero = zero.reshape(width + 1, n_leaves)[:width].copy()  # (slots, leaves)
+        slot_feature = np.full((width + 1) * n_leaves, n_features, dtype=np.int32)  # unused: a bin dropped
+        slot_feature[flat] = edge_feature[valid]
+        self._slot_feature = slot_feature.reshape(width + 1, n_leaves)[:width].copy()
 
-        # Per edge, for a row: its feature, threshold, direction and where a NaN goes.
-        self._edge_flat = flat
-        self._edge_feature = edge_feature[valid]
-        self._edge_threshold = threshold[safe_parent][valid]
+        # Per node: how a row goes at it (leaves: nowhere asked). Per edge: its node, its direction.
+        self._feature = np.maximum(feature, 0).astype(np.int32)
+        self._threshold = np.concatenate([t.threshold for t in nodes]).astype(np.float64)
+        # Where a NaN goes (trees fitted on data with NaN, scikit-learn >= 1.3); else never asked.
+        self._missing_left = np.concatenate([np.asarray(getattr(t, "missing_go_to_left", np.zeros(t.node_count)),
+                                                        dtype=bool) for t in nodes])
+        self._edge_flat = flat.astype(np.int32)
+        self._edge_parent = edge_parent[valid].astype(np.int32)
         self._edge_left = edge_left[valid]
-        self._edge_missing_left = missing_left[safe_parent][valid]
 
         self._values = values[leaves] * weight[leaves][:, None]  # (leaves, outputs), weighted
-        self._reach = self._zero.prod(axis=1)  # fraction of training rows reaching each leaf
+        self._reach = self._zero.prod(axis=0)  # the fraction of training rows reaching each leaf
         points, quadrature = np.polynomial.legendre.leggauss(max(1, (width + 1) // 2))
         self._t = (points + 1.0) / 2.0  # Gauss-Legendre on [0, 1]: exact to degree 2 x nodes - 1
         self._w = quadrature / 2.0
 
-    def explain(self, x: Sequence[float], output: int) -> Tuple[List[float], float]:
-        """(contribution per feature, base) of ``output`` (a classifier's class position, else 0)
-        for one encoded row; base + sum = the weighted sum of the trees' values at ``x``."""
-        np = self._np
-        # scikit-learn compares the feature as float32 with the float64 threshold.
-        row = np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
-        xv = row[self._edge_feature]
-        goes_left = np.where(np.isnan(xv), self._edge_missing_left, xv <= self._edge_threshold)
-        n_leaves, width = self._zero.shape
-        missed = np.bincount(self._edge_flat[goes_left != self._edge_left], minlength=n_leaves * (width + 1))
-        one = (missed.reshape(n_leaves, width + 1)[:, :width] == 0).astype(np.float64)
+    def explain(self, row: Any, output: int, totals: Any) -> float:
+        """Adds each feature's contribution to ``totals`` (one more entry, dropped, for unused
+        slots) for the row (float64 of float32 values); returns the base."""
+        import numpy as np
+
+        xv = row[self._feature]
+        goes_left = np.where(np.isnan(xv), self._missing_left, xv <= self._threshold)
+        width, n_leaves = self._zero.shape
+        astray = goes_left[self._edge_parent] != self._edge_left
+        missed = np.bincount(self._edge_flat[astray], minlength=(width + 1) * n_leaves)
+        one = (missed.reshape(width + 1, n_leaves)[:width] == 0).astype(np.float64)
         value = self._values[:, output]
         t, w = self._t, self._w
-        totals = np.zeros(self.n_features + 1, dtype=np.float64)
         step = max(1, self._CHUNK // (width * len(t)))
         for start in range(0, n_leaves, step):
             part = slice(start, start + step)
-            z, o, used = self._zero[part], one[part], self._used[part]
-            # Each distinct feature's factor (1 - t) z + t o at every quadrature node; 1 where unused.
-            factor = np.where(used[:, :, None], (1.0 - t) * z[:, :, None] + t * o[:, :, None], 1.0)
-            # The product of the other features' factors: prefix and suffix products.
-            before = np.ones_like(factor)
-            before[:, 1:] = np.cumprod(factor[:, :-1], axis=1)
-            after = np.ones_like(factor)
-            after[:, :-1] = np.cumprod(factor[:, :0:-1], axis=1)[:, ::-1]
-            integral = (before * after) @ w
-            phi = value[part, None] * (o - z) * integral * used
-            totals += np.bincount(self._slot_feature[part].ravel(), weights=phi.ravel(),
-                                  minlength=self.n_features + 1)
-        return totals[:self.n_features].tolist(), float(np.dot(value, self._reach))
+            z, slots = self._zero[:, part], self._slot_feature[:, part]
+            d = one[:, part] - z  # 0 in unused slots, where z and o are both 1
+            # Each distinct feature's factor (1 - t) z + t o = z + t (o - z), at every quadrature node:
+            # (slots, nodes, leaves), the leaves innermost.
+            factor = z[:, None, :] + t[None, :, None] * d[:, None, :]
+            # The product of the other features' factors: prefix times suffix products.
+            others = np.empty_like(factor)
+            product = np.ones_like(factor[0])
+            for u in range(width):
+                others[u] = product
+                product = product * factor[u]
+            product = np.ones_like(factor[0])
+            for u in range(width - 1, -1, -1):
+                others[u] *= product
+                product = product * factor[u]
+            phi = value[part] * d * np.einsum("q,uql->ul", w, others)
+            totals += np.bincount(slots.ravel(), weights=phi.ravel(), minlength=self.n_features + 1)
+        return float(np.dot(value, self._reach))
 
 
 def _ratio(child: Any, parent: Any) -> Any:
