@@ -392,6 +392,11 @@ class Explanations(_Table):
 
     def rel_size(self, quals: List[Any]) -> Tuple[int, int, int]:
         # The plans Multicorn cannot run safely, refused as pgml.predictions refuses them (see there).
+        other = sorted({q.field_name for q in quals if q.field_name in ("model", "features") and q.operator != "="})
+        if other:
+            raise PgmlCannotPlanThisQuery(
+                f"pgml._explanations takes {', '.join(other)} with = only: it computes the rows it returns, it cannot "
+                "search them. Call pgml.explain(model, features) once per row of features.")
         wanted = _equalities(quals)
         nested, explaining = plan_guard.planning_subquery()
         if nested and (explaining or "model" not in wanted or "features" not in wanted):
