@@ -82,6 +82,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from itertools import repeat
+import json
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -371,13 +372,11 @@ def _choice(spec: Mapping[str, Any], key: str, default: str, choices: Sequence[s
 
 
 def _json_repr(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
+    """A value as the user wrote it in JSON."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _label(value: Category) -> str:
@@ -665,9 +664,7 @@ class FeatureEncoder:
         sums = np.stack([np.bincount(codes[seen], weights=y[seen, j], minlength=k) for j in range(y.shape[1])],
                         axis=1)
         smoothing = prep.smoothing if prep.smoothing is not None else DEFAULT_SMOOTHING
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = (sums + smoothing * prior) / (rows + smoothing)
-        means = np.where(rows + smoothing > 0, means, prior)  # smoothing 0 and no rows: no mean to take
+        means = (sums + smoothing * prior) / (rows + smoothing)  # every category has a training row
         stats["prior"] = prior.tolist() if y.shape[1] > 1 else float(prior[0])
         stats["smoothing"] = smoothing
         return np.vstack([means, prior]), names
