@@ -368,7 +368,8 @@ def check_matrix_size(encoder: FeatureEncoder, rows: int, budget: float) -> None
     widest, width = Counter(encoder.output_sources).most_common(1)[0]
     if width > 1:
         hint = (f'Column "{widest}" alone becomes {width:,} features, one per distinct value: if it identifies '
-                f'rows, leave it out of the view; else give it {{"{widest}": {{"encode": "ordinal"}}}} in preprocess.')
+                f'rows, leave it out of the view; else give it {{"{widest}": {{"encode": "ordinal"}}}} '
+                '(or "target": the mean of y per value) in preprocess.')
     else:
         hint = ("Train on fewer rows (for instance a view with TABLESAMPLE or LIMIT) or fewer columns, "
                 "or raise pgml.training_memory.")
