@@ -658,7 +658,7 @@ class FeatureEncoder:
         else:
             y = np.asarray(target, dtype=np.float64)[:, None]
             names = [name]
-        prior = y.mean(axis=0) if len(y) else np.zeros(y.shape[1])
+        prior = y.mean(axis=0)
         seen = codes >= 0  # NULL under impute 'mean' is no category: it gets the prior
         rows = np.bincount(codes[seen], minlength=k).astype(np.float64)[:, None]
         sums = np.stack([np.bincount(codes[seen], weights=y[seen, j], minlength=k) for j in range(y.shape[1])],
