@@ -17,6 +17,7 @@ INVALID_PARAMETER = "22023"    # a bad option or feature value
 INVALID_TEXT = "22P02"         # text that does not parse (JSON)
 NUMERIC_OUT_OF_RANGE = "22003"  # a value a model cannot take
 DATA_EXCEPTION = "22000"       # the data cannot train a model (NaN in y, one class...)
+NULL_VALUE_NOT_ALLOWED = "22004"  # a NULL where preprocess says "impute": "error"
 UNDEFINED_TABLE = "42P01"
 INVALID_NAME = "42602"
 UNDEFINED_COLUMN = "42703"

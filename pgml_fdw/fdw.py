@@ -148,7 +148,7 @@ class TrainingRuns(_Table):
                                      sqlstate=errors.QUERY_CANCELED).as_json()
         except Exception as exc:  # noqa: BLE001 - handed back to pgml._run_training, which raises it
             row["error"] = as_user_error(exc).as_json()
-        for key in ("hyperparams", "search_params", "preprocess", "metrics"):
+        for key in ("hyperparams", "search_params", "search_args", "preprocess", "metrics"):
             if isinstance(row.get(key), (dict, list)):
                 row[key] = _json_text(row[key])
         return row

@@ -7,7 +7,7 @@ A stored model is, in this order::
     header                       JSON: format, versions, model id, task, columns, classes,
                                  preprocessing, probe, and the fast path's parameters
     arrays                       the fast path's arrays of numbers, little-endian, as the header lists
-                                 them (format 2; none when the estimator has no fast path)
+                                 them (format 2 on; none when the estimator has no fast path)
     estimator                    the scikit-learn estimator alone, pickled
 
 Nothing but the estimator is pickled, so renaming or moving a pgml_fdw class never breaks a stored
@@ -35,7 +35,10 @@ from .errors import PgmlError
 from .model import Model
 
 MAGIC = b"PGMLFDW\n"
-FORMAT = 2  # the layout; a reader refuses a format newer than its own (1: no fast path arrays)
+# The layout; a reader refuses a format newer than its own. 1: no fast path arrays; 3: preprocessing
+# that a format 2 reader would get wrong (target encoding, scaled or explicitly ordered categories,
+# numbers encoded as categories, impute "error"), written only by the models that use it.
+FORMAT = 3
 _LENGTH = struct.Struct(">I")
 PROBE_ROWS = 8
 _PROBE_VALUES = 20_000  # at most this many numbers in a probe, however wide the matrix
@@ -90,8 +93,9 @@ def dump(model: Model, probe: Any) -> bytes:
     predictor = model.predictor
     meta, arrays = predictor.to_data() if predictor is not None else (None, {})
     stored = [(name, values.typecode, single_row.array_bytes(values)) for name, values in arrays.items()]
+    encoder = model.encoder.to_data()
     header = {
-        "format": FORMAT,
+        "format": _format(encoder),
         "versions": versions.current(),
         "model_id": model.model_id,
         "task": model.task,
@@ -99,7 +103,7 @@ def dump(model: Model, probe: Any) -> bytes:
         "classes": model.classes,
         "known": model.known,
         "has_proba": model.has_proba,
-        "encoder": model.encoder.to_data(),
+        "encoder": encoder,
         "probe": {"rows": probe.tolist(), **_answers(model.estimator, probe)},
         "predictor": meta,
         "arrays": [[name, typecode, len(data)] for name, typecode, data in stored],
@@ -109,6 +113,14 @@ def dump(model: Model, probe: Any) -> bytes:
     text = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
     return b"".join([MAGIC, _LENGTH.pack(len(text)), text, *(data for _, _, data in stored),
                      pickle.dumps(model.estimator, protocol=4)])
+
+
+def _format(encoder: Dict[str, Any]) -> int:
+    """The oldest format that stores this encoder: 3 when it uses a step format 2 lacks (a number
+    column encoded as categories among them: a format 2 reader would miss its NULL category)."""
+    newer = ("tables" in encoder or "required" in encoder or any(len(p) > 4 for p in encoder["plan"].values())
+             or any(encoder["columns"][text[0]][1] == "number" for text in encoder["texts"]))
+    return 3 if newer else 2
 
 
 # Reads ``count`` bytes of a stored model from ``offset`` (count None: to the end).

@@ -6,7 +6,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 from sklearn.model_selection import GridSearchCV, KFold, RandomizedSearchCV, StratifiedKFold
@@ -16,6 +16,9 @@ from pgml_fdw.jsonsafe import json_safe
 from pgml_fdw.errors import PgmlError
 
 METHODS = ("grid", "random")
+# search_args, as PostgresML names them: n_iter (random search: how many candidates) and cv (folds).
+SEARCH_ARGS = ("n_iter", "cv")
+DEFAULT_N_ITER = 10
 
 
 @dataclass
@@ -40,7 +43,7 @@ def validate_search(
     method: str,
     space: Mapping[str, Any],
     folds: int,
-    n_iter: int = 10,
+    n_iter: int = DEFAULT_N_ITER,
 ) -> None:
     """Check search options before any data is read; raise PgmlError on the first problem.
 
@@ -82,6 +85,48 @@ def validate_search(
         )
 
 
+def check_search_args(method: Optional[str], args: Any) -> Dict[str, Any]:
+    """``search_args`` checked before any data is read: a JSON object of ``n_iter`` (random search
+    only: how many candidates, at least 1) and ``cv`` (the folds, at least 2). None and ``{}`` are
+    no arguments; any argument needs a search."""
+    if args is None:
+        return {}
+    if not isinstance(args, Mapping):
+        raise PgmlError(
+            f"search_args must be a JSON object, not {json.dumps(json_safe(args))}",
+            hint='for example \'{"n_iter": 20, "cv": 5}\' with search => \'random\'',
+        )
+    unknown = [key for key in args if key not in SEARCH_ARGS]
+    if unknown:
+        raise PgmlError(
+            f"unknown search_args {', '.join(json.dumps(k) for k in unknown)}",
+            hint=f"valid search_args are {', '.join(json.dumps(k) for k in SEARCH_ARGS)}: the number of random "
+                 "search candidates and the number of cross-validation folds",
+        )
+    if args and method is None:
+        raise PgmlError(
+            "search_args configure a hyperparameter search, and this run has none",
+            hint="add search => 'random' (or 'grid') and search_params, or leave search_args out",
+        )
+    if "n_iter" in args:
+        if method != "random":
+            raise PgmlError(
+                "search_args n_iter applies only to search => 'random': a grid search tries every combination",
+                hint="use search => 'random', or leave n_iter out",
+            )
+        if not _is_int(args["n_iter"]) or args["n_iter"] < 1:
+            raise PgmlError(
+                f"search_args n_iter must be a whole number of at least 1, got {json.dumps(json_safe(args['n_iter']))}",
+                hint=f"it is how many random combinations to try: {DEFAULT_N_ITER} by default",
+            )
+    if "cv" in args and (not _is_int(args["cv"]) or args["cv"] < 2):
+        raise PgmlError(
+            f"search_args cv must be a whole number of at least 2, got {json.dumps(json_safe(args['cv']))}",
+            hint="it is the number of cross-validation folds each candidate is scored on: use 3 or 5",
+        )
+    return dict(args)
+
+
 def _check_folds(y: np.ndarray, task: str, folds: int) -> None:
     """Every fold needs rows, and for classification every class in every fold."""
     if folds > len(y):
@@ -114,7 +159,7 @@ def search(
     method: str,
     space: Mapping[str, Any],
     folds: int = 3,
-    n_iter: int = 10,
+    n_iter: int = DEFAULT_N_ITER,
 ) -> SearchResult:
     """Cross-validate candidates from ``space`` on top of ``base_params`` and return the best.
 

@@ -24,11 +24,12 @@ from .connection import ServerConnection
 from .errors import PgmlError
 from .jsonsafe import json_safe
 from .loading import estimated_rows, feature_columns, read_training_data
-from .model import Model
-from .preprocessing import Column, FeatureEncoder, plan_preprocessing
+from .model import Model, label_text
+from .preprocessing import Column, FeatureEncoder, plan_preprocessing, refuse_nulls
 
 REGRESSION_KINDS = ("number", "interval", "date", "timestamp", "time")
-SAMPLINGS = ("random", "last")
+# How the held-out rows are chosen; "stratified" is PostgresML's name for our random (stratified by class).
+SAMPLINGS = ("random", "first", "last", "stratified")
 # One training run may use this share of the server's memory unless pgml.training_memory says
 # otherwise, and never more than the ceiling: the server's other sessions need the rest.
 DEFAULT_MEMORY_SHARE = 0.25
@@ -70,6 +71,7 @@ class TrainingOptions:
     search: Optional[str] = None
     search_params: Optional[Dict[str, Any]] = None
     search_folds: int = 3
+    search_args: Dict[str, Any] = field(default_factory=dict)  # PostgresML's: n_iter and cv (see search.py)
     preprocess: Optional[Dict[str, Any]] = None
     test_size: float = 0.25
     test_sampling: str = "random"
@@ -81,6 +83,12 @@ class TrainingOptions:
         if not isinstance(hyperparams, dict):
             raise PgmlError("hyperparams must be a JSON object", hint='For example: \'{"alpha": 0.5}\'')
         search_params = parse_json(row.get("search_params"), "search_params", '\'{"max_depth": [3, 5]}\'')
+        search_args = search.check_search_args(row.get("search"), parse_json(
+            row.get("search_args"), "search_args", '\'{"n_iter": 20}\''))
+        folds = search_args.get("cv", row.get("search_folds"))
+        if row.get("search_folds") is not None and folds != row["search_folds"]:
+            raise PgmlError(f"search_folds is {row['search_folds']} and search_args cv is {folds}: they are the same "
+                            "setting", hint="Give the number of folds once, as search_folds or as search_args cv.")
         preprocess = parse_json(row.get("preprocess"), "preprocess", '\'{"age": {"impute": "median"}}\'')
         options = cls(
             model_id=row["id"],
@@ -94,7 +102,8 @@ class TrainingOptions:
             hyperparams=hyperparams,
             search=row.get("search"),
             search_params=search_params,
-            search_folds=3 if row.get("search_folds") is None else int(row["search_folds"]),
+            search_folds=3 if folds is None else int(folds),
+            search_args=search_args,
             preprocess=preprocess,
             test_size=0.25 if row.get("test_size") is None else float(row["test_size"]),
             test_sampling=row.get("test_sampling") or "random",
@@ -112,10 +121,16 @@ class TrainingOptions:
                             hint="It is the held-out fraction; 0.25 keeps a quarter of the rows for evaluation.")
         if self.test_sampling not in SAMPLINGS:
             raise PgmlError(f'unknown test_sampling "{self.test_sampling}"',
-                            hint="Use random, or last to hold out the last rows (order the view by time).")
+                            hint="Use random, or first or last to hold out the first or last rows in the "
+                            "relation's order (a view's ORDER BY: order it by time).")
         if (self.search is None) != (self.search_params is None):
             raise PgmlError("search and search_params go together",
                             hint='For example: search => \'grid\', search_params => \'{"alpha": [0.1, 1, 10]}\'.')
+
+    @property
+    def n_iter(self) -> int:
+        """How many candidates a random search tries at most (search_args n_iter)."""
+        return int(self.search_args.get("n_iter", search.DEFAULT_N_ITER))
 
     def resolve_task(self, y: FeatureColumn) -> str:
         """The task: as given, or from y's kind (numbers regress, text and booleans classify)."""
@@ -145,13 +160,16 @@ class TrainingResult:
 
 def split(n: int, test_size: float, sampling: str, y: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Deterministic train and test row indices: a shuffle with seed 0 (stratified by class when
-    every class has two rows or more), or the last rows as the test set."""
+    every class has two rows or more: "random" and "stratified"), or the first or last rows, in the
+    order they were read, as the test set ("first" and "last")."""
     test_rows = int(math.ceil(n * test_size))
     if n < 2 or test_rows >= n:
         raise PgmlError(f"{n} row(s) are too few to train and evaluate a model",
                         hint="Train on more rows, or lower test_size.", sqlstate=errors.DATA_EXCEPTION)
     if sampling == "last":
         return np.arange(n - test_rows), np.arange(n - test_rows, n)
+    if sampling == "first":
+        return np.arange(test_rows, n), np.arange(test_rows)
     from sklearn.model_selection import train_test_split
 
     stratify = None
@@ -188,7 +206,8 @@ def prepare(options: TrainingOptions, y_column: FeatureColumn,
     plan = plan_preprocessing(_encoder_columns(columns), options.preprocess, algorithm.needs_scaling)
     algorithms.make_estimator(algorithm, options.hyperparams)
     if options.search:
-        search.validate_search(algorithm, options.search, options.search_params or {}, options.search_folds)
+        search.validate_search(algorithm, options.search, options.search_params or {}, options.search_folds,
+                               options.n_iter)
     return task, algorithm, plan
 
 
@@ -223,10 +242,13 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
                             "('NaN', 'Infinity', '-Infinity').")
     del y_raw
     check_finite_features(columns, data, options.relation)
+    refuse_nulls(plan, data, options.relation)
     train_idx, test_idx = split(n, options.test_size, options.test_sampling, y if classes else None)
 
     encoder = FeatureEncoder(_encoder_columns(columns), plan)
-    encoder.fit({name: values[train_idx] for name, values in data.items()})
+    # Target encoding learns from the training rows' y only, never the held-out rows'.
+    encoder.fit({name: values[train_idx] for name, values in data.items()}, y[train_idx],
+                None if classes is None else [label_text(c) for c in classes])
     check_matrix_size(encoder, n, training_budget(0) if budget is None else budget)
     # The columns in split order (training rows first), then one matrix of every row (the encoder
     # was fitted on the training rows only) whose two splits are views: at no point are there
@@ -247,7 +269,7 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
     with _fit_errors(algorithm):
         if options.search:
             found = search.search(algorithm, params, X_train, y_train, task, options.search,
-                                  options.search_params or {}, options.search_folds)
+                                  options.search_params or {}, options.search_folds, options.n_iter)
             params.update(found.best_params)
         estimator = algorithms.make_estimator(algorithm, params)
         if "copy_X" in estimator.get_params() and "copy_X" not in params:
@@ -271,7 +293,9 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
         "classes": classes,
         "hyperparams": json_safe(estimator.get_params()),
         "search": None if found is None else {
-            "method": options.search, "folds": options.search_folds, "best_params": json_safe(found.best_params),
+            "method": options.search, "folds": options.search_folds,
+            **({"n_iter": options.n_iter} if options.search == "random" else {}),
+            "args": options.search_args or None, "best_params": json_safe(found.best_params),
             "best_score": json_safe(found.best_score), "candidates": json_safe(found.candidates)},
         "importance": {"method": method, "columns": importance.by_column(values, encoder.output_sources)},
         "versions": model.made_with,
@@ -344,7 +368,8 @@ def check_matrix_size(encoder: FeatureEncoder, rows: int, budget: float) -> None
     widest, width = Counter(encoder.output_sources).most_common(1)[0]
     if width > 1:
         hint = (f'Column "{widest}" alone becomes {width:,} features, one per distinct value: if it identifies '
-                f'rows, leave it out of the view; else give it {{"{widest}": {{"encode": "ordinal"}}}} in preprocess.')
+                f'rows, leave it out of the view; else give it {{"{widest}": {{"encode": "ordinal"}}}} '
+                '(or "target": the mean of y per value) in preprocess.')
     else:
         hint = ("Train on fewer rows (for instance a view with TABLESAMPLE or LIMIT) or fewer columns, "
                 "or raise pgml.training_memory.")

@@ -76,7 +76,7 @@ def test_options_override_defaults_and_fill_value_becomes_float() -> None:
 
 
 def test_exported_choices_match_what_plan_accepts() -> None:
-    assert PREPROCESS_KEYS == ("impute", "scale", "encode", "fill_value")
+    assert PREPROCESS_KEYS == ("impute", "scale", "encode", "fill_value", "smoothing")
     for impute in IMPUTE_CHOICES["number"]:
         for scale in SCALE_CHOICES:
             options: Dict[str, Any] = {"impute": impute, "scale": scale}
@@ -105,7 +105,7 @@ def test_exported_choices_match_what_plan_accepts() -> None:
          ['"most_frequent"', '"constant"', '"none"']),
         ({"city": {"encode": "hash"}}, ['"encode": "hash"'], ['"one_hot"', '"ordinal"']),
         ({"city": {"scale": "standard"}}, ['"scale" applies only to number columns', '"city"'], ['"encode"']),
-        ({"age": {"encode": "ordinal"}}, ['"encode" applies only to text columns', '"age"'], ['"scale"']),
+        ({"age": {"encode": "hash"}}, ['"encode": "hash"', 'number column "age"'], ['"target"', '"native"']),
         ({"age": {"impute": "constant"}}, ['numeric "fill_value"', '"age"'], ['"fill_value": 0']),
         ({"age": {"impute": "constant", "fill_value": "0"}}, ['numeric "fill_value"'], ['"fill_value": 0']),
         ({"age": {"impute": "constant", "fill_value": True}}, ['numeric "fill_value"'], ['"fill_value": 0']),
