@@ -189,9 +189,10 @@ def _prepared(model: Model) -> _Prepared:
 
 
 def _groups(model: Model) -> List[Tuple[str, int, Optional[int], List[int]]]:
-    """Which encoded outputs make up each explained feature: a number column's output, a text
-    column's outputs (one-hot: one per category), and, for a column the encoder spreads over
-    several outputs of its own (an array's elements), each of them by the encoder's name for it."""
+    """Which encoded outputs make up each explained feature: a number column's output, a
+    categorical column's outputs (one-hot: one per category; target encoding of 3+ classes: one per
+    class), and, for a column the encoder spreads over several outputs of its own (an array's
+    elements), each of them by the encoder's name for it."""
     row = model.row_encoder
     names = model.encoder.output_names
     sources = model.encoder.output_sources
@@ -211,6 +212,10 @@ def _groups(model: Model) -> List[Tuple[str, int, Optional[int], List[int]]]:
         claimed.add(out)
     for index, first, lookup, one_hot in row.texts:
         outputs = list(range(first, first + len(set(lookup.values())))) if one_hot else [first]
+        groups.append((index, first, model.columns[index].name, None, outputs))
+        claimed.update(outputs)
+    for index, first, _, unseen in row.tables:  # ordinal with scaling, target encoding (one output per class)
+        outputs = list(range(first, first + len(unseen)))
         groups.append((index, first, model.columns[index].name, None, outputs))
         claimed.update(outputs)
     # Outputs of an encoding these tables do not describe: each on its own, by the encoder's name.

@@ -229,6 +229,26 @@ def test_a_text_null_that_is_its_own_category_is_not_imputed() -> None:
     assert city.contribution == pytest.approx(model.estimator.coef_[names.index("city IS NULL")], rel=1e-12)
 
 
+@pytest.mark.parametrize("task,preprocess", [
+    ("regression", {"city": {"encode": "target"}, "rooms": {"encode": "one_hot"}}),
+    ("classification", {"city": {"encode": "target"}, "size": {"impute": "min", "scale": "robust"}}),
+    ("regression", {"city": {"encode": {"ordinal": ["rome", "lyon", "paris", None]}, "scale": "standard"},
+                    "size": {"impute": "max", "scale": "max_abs"}}),
+])
+@pytest.mark.parametrize("algorithm", ["linear", "random_forest"])
+def test_every_encoding_adds_up_into_its_column(algorithm: str, task: str, preprocess: Dict[str, Any]) -> None:
+    # Target encoding (one output per class for three classes), numbers encoded as categories,
+    # ordinal codes scaled: each column's outputs are one contribution.
+    model = train(algorithm, task, {"n_estimators": 10} if algorithm == "random_forest" else None, preprocess)
+    for features in FEATURES:
+        explanation = explain(model, features)
+        assert [c.feature for c in explanation.contributions] == ["size", "rooms", "garden", "city"]
+        assert_adds_up(explanation, own_quantity(model, features, explanation))
+    sources = model.encoder.output_sources
+    if task == "classification":
+        assert sources.count("city") == 3  # a share of each class
+
+
 def test_one_hot_parts_add_up_into_their_column() -> None:
     model = train("random_forest", hyperparams={"n_estimators": 10})
     x = encoded(model, FEATURES[0])[0].tolist()
