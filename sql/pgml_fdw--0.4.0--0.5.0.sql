@@ -270,3 +270,13 @@ CREATE FUNCTION pgml.explain(model text, features anyelement)
 RETURNS TABLE (feature text, value jsonb, imputed boolean, contribution double precision, explains text, label text)
 LANGUAGE sql STABLE ROWS 10 COST 10 AS $$ SELECT * FROM pgml.explain(model, pgml._features(features)) $$;
 -- ==== end explain ====
+
+-- ==== fixes ====
+-- 0.4.0's condition on pgml._model_expressions was a bare function call, which Multicorn cannot
+-- read as a condition and warned about ("unsupported expression for extractClauseFrom") on every
+-- pgml.score_table and pgml.score_into. A comparison with no column in it is one PostgreSQL checks
+-- once, before the scan, and Multicorn passes over in silence.
+CREATE OR REPLACE VIEW pgml._model_expressions WITH (security_barrier) AS
+SELECT e.model, e.expression, e.error FROM pgml._expressions e
+WHERE CASE WHEN has_table_privilege('pgml.predictions', 'SELECT') THEN 0 END = 0;
+-- ==== end fixes ====
