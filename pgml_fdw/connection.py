@@ -161,7 +161,10 @@ def read_as(dsn: str, role: str, select_sql: sql.Composable,
     conn = connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SET statement_timeout = 0; SET jit = off; SET lock_timeout = %s", (READ_LOCK_TIMEOUT,))
+            # test_sampling first and last take the rows in the order the relation returns them: a
+            # synchronized scan of a large table would start where another scan already is.
+            cur.execute("SET statement_timeout = 0; SET jit = off; SET synchronize_seqscans = off; "
+                        "SET lock_timeout = %s", (READ_LOCK_TIMEOUT,))
             cur.execute("SELECT current_user = %s AND session_user = %s", (role, role))
             if cur.fetchone()[0]:
                 yield cur, select_sql
