@@ -35,7 +35,11 @@ from .errors import PgmlError
 from .model import Model
 
 MAGIC = b"PGMLFDW\n"
-FORMAT = 2  # the layout; a reader refuses a format newer than its own (1: no fast path arrays)
+# The layout; a reader refuses a format newer than its own. 1: no fast path arrays; 3: the layout of
+# 2 for a clustering or decomposition model, written so that a pgml_fdw older than those tasks says
+# it is too old instead of answering wrongly (regression and classification models keep writing 2).
+FORMAT = 3
+_SUPERVISED_FORMAT = 2
 _LENGTH = struct.Struct(">I")
 PROBE_ROWS = 8
 _PROBE_VALUES = 20_000  # at most this many numbers in a probe, however wide the matrix
@@ -78,9 +82,13 @@ def probe_rows(X: Any) -> Any:
     return np.random.default_rng(0).uniform(low, high, size=(rows, X.shape[1]))
 
 
-def _answers(estimator: Any, X: Any) -> Dict[str, Any]:
+def _answers(estimator: Any, X: Any, task: str) -> Dict[str, Any]:
+    """The estimator's answers to the probe rows: predictions and probabilities, or a
+    decomposition's components (as "predict")."""
     import numpy as np
 
+    if task == "decomposition":
+        return {"predict": np.asarray(estimator.transform(X), dtype=np.float64).tolist(), "proba": None}
     proba = estimator.predict_proba(X).tolist() if hasattr(estimator, "predict_proba") else None
     return {"predict": np.asarray(estimator.predict(X), dtype=np.float64).tolist(), "proba": proba}
 
@@ -91,7 +99,7 @@ def dump(model: Model, probe: Any) -> bytes:
     meta, arrays = predictor.to_data() if predictor is not None else (None, {})
     stored = [(name, values.typecode, single_row.array_bytes(values)) for name, values in arrays.items()]
     header = {
-        "format": FORMAT,
+        "format": FORMAT if model.task in ("clustering", "decomposition") else _SUPERVISED_FORMAT,
         "versions": versions.current(),
         "model_id": model.model_id,
         "task": model.task,
@@ -100,7 +108,7 @@ def dump(model: Model, probe: Any) -> bytes:
         "known": model.known,
         "has_proba": model.has_proba,
         "encoder": model.encoder.to_data(),
-        "probe": {"rows": probe.tolist(), **_answers(model.estimator, probe)},
+        "probe": {"rows": probe.tolist(), **_answers(model.estimator, probe, model.task)},
         "predictor": meta,
         "arrays": [[name, typecode, len(data)] for name, typecode, data in stored],
     }
@@ -195,7 +203,7 @@ def _check_estimator(model: Model, estimator: Any, probe: Dict[str, Any], ref: s
     if model.made_with is not None and _differs(model.made_with, versions.current()):
         import numpy as np
 
-        _check_probe(model, probe, ref, _answers(estimator, np.asarray(probe["rows"], dtype=np.float64)))
+        _check_probe(model, probe, ref, _answers(estimator, np.asarray(probe["rows"], dtype=np.float64), model.task))
 
 
 def _predictor_answers(model: Model, rows: List[List[float]]) -> Dict[str, Any]:
@@ -203,6 +211,8 @@ def _predictor_answers(model: Model, rows: List[List[float]]) -> Dict[str, Any]:
     predictor = model.predictor
     assert predictor is not None
     try:
+        if model.task == "decomposition":
+            return {"predict": [predictor.transform(row) for row in rows], "proba": None}
         answers = [predictor.answer(row) for row in rows]
     except single_row.NeedsEstimator:
         return {"predict": None, "proba": None}
