@@ -29,6 +29,8 @@ _SERVICES: Dict[Tuple[Tuple[str, str], ...], "_Services"] = {}
 _PENDING: Dict[str, Tuple[bytes, Dict[str, Any]]] = {}
 # The conditions that choose what pgml.predictions computes.
 _KEYS = ("model", "features", "relation", "key_column")
+# The columns of pgml.predictions that a decomposition model has no value for.
+_PREDICTION_COLUMNS = frozenset(("prediction", "label", "probabilities"))
 # Estimated rows of a relation scored whole, when the catalog does not say (a view).
 _DEFAULT_BATCH_ROWS = 100_000
 
@@ -270,11 +272,17 @@ class Predictions(_Table):
                             hint="Update them: ALTER EXTENSION pgml_fdw UPDATE (models are kept).",
                             sqlstate=errors.INVALID_PARAMETER)
         model = self.services.store.get(ref, wanted.get("context"))
-        # A decomposition model answers components (an array) instead of a prediction: only to a
-        # query that asks for them (pgml.decompose), so that pgml.score and the like say so.
+        # A decomposition model answers components (an array) instead of a prediction: a query that
+        # asks for a prediction and not for them (pgml.score and the like) is told so.
         decompose = model.task == "decomposition"
-        if decompose and "components" not in (columns or ()):
-            raise model.not_a_prediction()
+        if decompose:
+            asked = set(columns or ())
+            if "components" not in asked and asked & _PREDICTION_COLUMNS:
+                raise model.not_a_prediction()
+            if "components" not in self._position:
+                raise PgmlError("this database's pgml_fdw objects are older than its Python package",
+                                hint="Update them: ALTER EXTENSION pgml_fdw UPDATE (models are kept).",
+                                sqlstate=errors.INVALID_PARAMETER)
         if "features" in wanted:
             features = wanted["features"]  # jsonb arrives as text (Multicorn 1.4) or parsed
             # A sequence in column order: Multicorn converts it without a lookup per column name.

@@ -301,10 +301,13 @@ def train(options: TrainingOptions, y_column: Optional[FeatureColumn], columns: 
             warnings.simplefilter("ignore", FutureWarning)
             estimator.fit(X_train, y_train)
 
-    if task == "clustering" and metrics.cluster_count(estimator) == 0:
-        raise PgmlError(f"algorithm '{algorithm.name}' found no clusters: it did not converge",
-                        hint="Raise max_iter, or damping (up to 0.99) for affinity_propagation; or use kmeans.",
-                        sqlstate=errors.DATA_EXCEPTION)
+    # scikit-learn only warns (in the server log) when affinity propagation does not converge, and
+    # then gives no clusters, or one per row.
+    if task == "clustering" and (metrics.cluster_count(estimator) == 0 or (
+            algorithm.name == "affinity_propagation" and estimator.n_iter_ >= estimator.max_iter)):
+        raise PgmlError(f"algorithm '{algorithm.name}' did not converge: it found no clusters it could keep",
+                        hint="Raise max_iter, or damping (up to 0.99), or change preference (lower: fewer "
+                        "clusters); or use kmeans.", sqlstate=errors.DATA_EXCEPTION)
     model = Model.fitted(options.model_id, task, columns, encoder, estimator, classes, made_with=versions.current())
     if task == "clustering":
         measured = json_safe(metrics.clustering(X_test, estimator.predict(X_test), truth_test,
@@ -519,6 +522,8 @@ def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> Trained
     y_column, columns = feature_columns(server, options.relation, options.y_column)
     # Checked first: a typo in an option, or a relation far too big, should not cost a full read.
     task, _, _ = prepare(options, y_column, columns)
+    if task in algorithms.UNSUPERVISED:
+        check_objects_know(server, task)
     check_estimated_size(estimated_rows(server, options.relation), columns, budget)
     # y is read as text but for regression: class labels, or what clusters are compared with.
     data, y_raw = read_training_data(dsn, options.trained_by, options.relation, y_column,
@@ -530,6 +535,17 @@ def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> Trained
     peak = _peak_bytes() - resident
     return TrainedRun(result.model.task, model, result.metrics, result.train_rows, result.test_rows,
                       time.monotonic() - started, result.details, max(peak, 0))
+
+
+def check_objects_know(server: ServerConnection, task: str) -> None:
+    """Refuses a clustering or decomposition run in a database whose pgml_fdw objects predate those
+    tasks (0.5.0): the run would fail when its model is stored."""
+    rows = server.fetch("SELECT string_to_array(extversion, '.')::int[] >= '{0,5,0}' FROM pg_extension "
+                        "WHERE extname = 'pgml_fdw'")
+    if rows and rows[0][0] is False:
+        raise PgmlError(f"this database's pgml_fdw objects are older than its Python package and cannot store "
+                        f"{task} models", hint="Update them: ALTER EXTENSION pgml_fdw UPDATE (models are kept).",
+                        sqlstate=errors.FEATURE_NOT_SUPPORTED)
 
 
 def _reset_peak() -> int:
