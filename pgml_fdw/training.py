@@ -308,6 +308,10 @@ def train(options: TrainingOptions, y_column: Optional[FeatureColumn], columns: 
         raise PgmlError(f"algorithm '{algorithm.name}' did not converge: it found no clusters it could keep",
                         hint="Raise max_iter, or damping (up to 0.99), or change preference (lower: fewer "
                         "clusters); or use kmeans.", sqlstate=errors.DATA_EXCEPTION)
+    if task == "decomposition" and estimator.n_components_ == 0:
+        raise PgmlError(f"algorithm '{algorithm.name}' kept no components",
+                        hint="Give n_components a whole number of at least 1, or the share of variance to keep "
+                        "(between 0 and 1), or leave it out to keep them all.")
     model = Model.fitted(options.model_id, task, columns, encoder, estimator, classes, made_with=versions.current())
     if task == "clustering":
         measured = json_safe(metrics.clustering(X_test, estimator.predict(X_test), truth_test,

@@ -18,7 +18,11 @@
 -------------------------------------------------------------------------------------------------------
 
 -- Versions of the new tasks, trained without a y column (for clustering, a y_column is optional:
--- left out of the features, and compared with the clusters in the metrics).
+-- left out of the features, and compared with the clusters in the metrics). ALTER TABLE refuses a
+-- table with trigger events pending: changes to models earlier in this transaction (an update
+-- from 0.2.0 fills in their versions) publish now rather than at commit.
+SET CONSTRAINTS pgml.publish_changes IMMEDIATE;
+SET CONSTRAINTS pgml.publish_changes DEFERRED;
 ALTER TABLE pgml.model_versions ALTER COLUMN y_column DROP NOT NULL;
 ALTER TABLE pgml.model_versions DROP CONSTRAINT model_versions_task_check,
     ADD CONSTRAINT model_versions_task_check

@@ -172,6 +172,12 @@ def test_a_clusterer_that_finds_no_cluster_is_an_error() -> None:
         _train("affinity_propagation", X, hyperparams='{"max_iter": 1, "convergence_iter": 1}')
 
 
+def test_a_pca_without_components_is_an_error() -> None:
+    X, _ = _blobs(30)
+    with pytest.raises(PgmlError, match="algorithm 'pca' kept no components"):
+        _train("pca", X, hyperparams='{"n_components": 0}')
+
+
 def test_kmeans_with_more_clusters_than_rows_says_so() -> None:
     X, _ = _blobs(8)
     with pytest.raises(PgmlError, match="cannot train with these hyperparameters: n_samples=6 should be >= n_clusters"):
@@ -295,3 +301,25 @@ def test_a_supervised_model_keeps_format_2() -> None:
     result = training.train(options, y, COLUMNS, data, truth.astype(np.float64))
     blob = model_format.dump(result.model, result.probe)
     assert json.loads(blob[12:12 + int.from_bytes(blob[8:12], "big")])["format"] == 2
+
+
+def test_a_probe_row_near_a_tie_does_not_fail_the_fast_paths_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    X, _ = _blobs(120)
+    result = _train("kmeans", X, hyperparams='{"n_clusters": 3}')
+    centers = result.model.estimator.cluster_centers_
+    tie = (centers[0] + centers[1]) / 2  # as far from the two (to rounding): the estimator decides
+    predictor = result.model.predictor
+    assert predictor is not None
+    with pytest.raises(NeedsEstimator):
+        predictor.answer(tie.tolist())
+    blob = model_format.dump(result.model, np.vstack([result.probe, tie]))
+    # Loaded under another Python or pgml_fdw, the fast path answers the probe again, but that row.
+    monkeypatch.setattr(model_format.versions, "serving", lambda: {"python": "0", "pgml_fdw": "0"})
+    loaded = model_format.load(blob, "m")
+    assert loaded.predict_row(list(X[0])) == result.model.predict_row(list(X[0]))
+    # A fast path that answered differently would be refused.
+    header = json.loads(blob[12:12 + int.from_bytes(blob[8:12], "big")])
+    header["probe"]["predict"][0] += 1
+    with pytest.raises(PgmlError, match="it predicts differently under these versions"):
+        model_format._check_probe(loaded, header["probe"], "m",
+                                  model_format._predictor_answers(loaded, header["probe"]["rows"]))
