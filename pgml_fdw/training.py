@@ -28,6 +28,9 @@ from .model import Model
 from .preprocessing import Column, FeatureEncoder, plan_preprocessing
 
 REGRESSION_KINDS = ("number", "interval", "date", "timestamp", "time")
+# The algorithm of a clustering or decomposition run that names none: linear, every run's default
+# (pgml.train's and pgml.training_runs'), stands for these (as PostgresML's examples expect).
+UNSUPERVISED_DEFAULTS = {"clustering": "kmeans", "decomposition": "pca"}
 SAMPLINGS = ("random", "last")
 # One training run may use this share of the server's memory unless pgml.training_memory says
 # otherwise, and never more than the ceiling: the server's other sessions need the rest.
@@ -82,6 +85,9 @@ class TrainingOptions:
             raise PgmlError("hyperparams must be a JSON object", hint='For example: \'{"alpha": 0.5}\'')
         search_params = parse_json(row.get("search_params"), "search_params", '\'{"max_depth": [3, 5]}\'')
         preprocess = parse_json(row.get("preprocess"), "preprocess", '\'{"age": {"impute": "median"}}\'')
+        algorithm = row.get("algorithm") or "linear"
+        if algorithm.strip().lower() == "linear" and row.get("task") in UNSUPERVISED_DEFAULTS:
+            algorithm = UNSUPERVISED_DEFAULTS[row["task"]]
         options = cls(
             model_id=row["id"],
             name=row["name"],
@@ -89,7 +95,7 @@ class TrainingOptions:
             relation=row["relation"],
             y_column=row.get("y_column"),
             trained_by=row["trained_by"],
-            algorithm=row.get("algorithm") or "linear",
+            algorithm=algorithm,
             task=row.get("task"),
             hyperparams=hyperparams,
             search=row.get("search"),

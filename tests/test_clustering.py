@@ -208,8 +208,8 @@ def test_asking_a_model_for_what_it_does_not_answer(db: Session, blobs: list, na
      "a training run needs y_column, the column to predict", "'kmeans'"),
     ("pgml.train('cl_points', NULL, name => %s, task => 'regression')",
      "a regression run needs y_column, the column to predict", "'decomposition'"),
-    ("pgml.train('cl_points', NULL, 'linear', name => %s, task => 'clustering')",
-     "algorithm 'linear' does not support clustering", "kmeans"),
+    ("pgml.train('cl_points', NULL, 'ridge', name => %s, task => 'clustering')",
+     "algorithm 'ridge' does not support clustering", "kmeans"),
     ("pgml.train('cl_points', 'a', 'kmeans', name => %s, task => 'regression')",
      "algorithm 'kmeans' does not support regression", "'kmeans' supports only clustering"),
     ("pgml.train('cl_points', NULL, 'dbscan', name => %s)",
@@ -228,6 +228,13 @@ def test_clear_errors(db: Session, blobs: list, name: str, call: str, message: s
     assert message in str(error), str(error)
     assert hint in error.diag.message_hint
     assert not db.rows("SELECT 1 FROM pgml.models WHERE name = %s", (name,))
+
+
+def test_the_task_alone_chooses_kmeans_or_pca(db: Session, blobs: list, name: str) -> None:
+    db.one("SELECT pgml.train('cl_points', NULL, name => %s, task => 'clustering')", (name,))
+    db.one("SELECT pgml.train('cl_points', NULL, name => %s, task => 'decomposition')", (name,))
+    assert db.rows("SELECT algorithm, task FROM pgml.models WHERE name = %s ORDER BY version", (name,)) == [
+        ("kmeans", "clustering"), ("pca", "decomposition")]
 
 
 def test_a_training_run_needs_a_relation(db: Session) -> None:

@@ -46,7 +46,13 @@ def _train(algorithm: str, X: np.ndarray, truth: Optional[np.ndarray] = None, **
 def test_an_unsupervised_algorithm_gives_the_task() -> None:
     assert _options("kmeans").resolve_task(None) == "clustering"
     assert _options("pca").resolve_task(None) == "decomposition"
-    assert _options("linear", task="clustering").resolve_task(None) == "clustering"  # lookup refuses later
+    assert _options("ridge", task="clustering").resolve_task(None) == "clustering"  # lookup refuses later
+
+
+def test_linear_the_default_stands_for_the_tasks_default() -> None:
+    assert _options("linear", task="clustering").algorithm == "kmeans"
+    assert _options(" Linear ", task="decomposition").algorithm == "pca"
+    assert _options("linear", task="regression").algorithm == "linear"
 
 
 def test_without_y_column_a_supervised_run_says_what_to_do() -> None:
