@@ -533,7 +533,7 @@ def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> Trained
     # Checked first: a typo in an option, or a relation far too big, should not cost a full read.
     task, _, _ = prepare(options, y_column, columns)
     if task in algorithms.UNSUPERVISED:
-        check_objects_know(server, task)
+        check_objects_support(server, task)
     check_estimated_size(estimated_rows(server, options.relation), columns, budget)
     # y is read as text but for regression: class labels, or what clusters are compared with.
     data, y_raw = read_training_data(dsn, options.trained_by, options.relation, y_column,
@@ -547,7 +547,7 @@ def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> Trained
                       time.monotonic() - started, result.details, max(peak, 0))
 
 
-def check_objects_know(server: ServerConnection, task: str) -> None:
+def check_objects_support(server: ServerConnection, task: str) -> None:
     """Refuses a clustering or decomposition run in a database whose pgml_fdw objects predate those
     tasks (0.5.0): the run would fail when its model is stored."""
     rows = server.fetch("SELECT string_to_array(extversion, '.')::int[] >= '{0,5,0}' FROM pg_extension "
