@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from pgml_fdw import versions
+from pgml_fdw import errors, versions
 from pgml_fdw.errors import PgmlError
 from pgml_fdw.jsonsafe import json_safe
 
@@ -36,7 +36,9 @@ from sklearn.utils._param_validation import (  # noqa: E402
     make_constraint,
 )
 
-TASKS = ("regression", "classification")
+TASKS = ("regression", "classification", "clustering", "decomposition")
+# The tasks trained without a y column: every column of the relation is a feature.
+UNSUPERVISED = ("clustering", "decomposition")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def _entry(
     return Algorithm(name, task, estimator, MappingProxyType(defaults), needs_scaling, description)
 
 
-_R, _C = "regression", "classification"
+_R, _C, _K, _D = "regression", "classification", "clustering", "decomposition"
 
 # random_state=0 wherever the estimator has one, so the same data gives the same model.
 # max_iter is raised where scikit-learn's default often stops before converging.
@@ -139,7 +141,42 @@ CATALOGUE: Tuple[Algorithm, ...] = (
            "multi-layer perceptron neural network", True, max_iter=1000, random_state=0),
     _entry("mlp", _C, "sklearn.neural_network.MLPClassifier",
            "multi-layer perceptron neural network", True, max_iter=1000, random_state=0),
+    # -- Clustering and decomposition: trained without y_column. Distances and variances depend on
+    # the features' scales (an interval counts in seconds), so numbers are standardized by default,
+    # as for knn. Only clusterers that can assign a new row to a cluster (a predict) are here: see
+    # _NO_PREDICT for the others.
+    _entry("kmeans", _K, "sklearn.cluster.KMeans",
+           "k-means: each row goes to the nearest of n_clusters centroids", True, random_state=0),
+    _entry("mini_batch_kmeans", _K, "sklearn.cluster.MiniBatchKMeans",
+           "k-means fitted on small random batches, fast on large data", True, random_state=0),
+    _entry("bisecting_kmeans", _K, "sklearn.cluster.BisectingKMeans",
+           "k-means that splits a cluster in two until there are n_clusters", True, random_state=0),
+    _entry("birch", _K, "sklearn.cluster.Birch",
+           "BIRCH: a tree of small subclusters, grouped into n_clusters; suited to large data", True),
+    _entry("mean_shift", _K, "sklearn.cluster.MeanShift",
+           "mean shift: finds the number of clusters itself around the densest regions (slow on large data)",
+           True),
+    _entry("affinity_propagation", _K, "sklearn.cluster.AffinityPropagation",
+           "affinity propagation: chooses exemplar rows and their number itself (memory grows with the "
+           "square of the rows)", True, random_state=0),
+    _entry("gaussian_mixture", _K, "sklearn.mixture.GaussianMixture",
+           "mixture of n_components Gaussians, with each cluster's probability", True, random_state=0),
+    _entry("pca", _D, "sklearn.decomposition.PCA",
+           "principal component analysis: the row projected on n_components directions of most variance",
+           True, random_state=0),
 )
+
+# Clusterers scikit-learn has (and PostgresML names) that only label the rows they were fitted on:
+# they have no predict, so a model of them could not answer for a new row.
+_NO_PREDICT = {
+    "dbscan": "DBSCAN",
+    "optics": "OPTICS",
+    "spectral": "SpectralClustering",
+    "spectral_bi": "SpectralBiclustering",
+    "spectral_co": "SpectralCoclustering",
+    "agglomerative": "AgglomerativeClustering",
+    "feature_agglomeration": "FeatureAgglomeration",
+}
 
 _NAMES: Tuple[str, ...] = tuple(dict.fromkeys(a.name for a in CATALOGUE))
 
@@ -160,6 +197,15 @@ def lookup(name: str, task: str) -> Algorithm:
         raise PgmlError(f"unknown task '{task}'", hint=f"use one of: {', '.join(TASKS)}")
     key = name.strip().lower() if isinstance(name, str) else name
     entries = [a for a in CATALOGUE if a.name == key]
+    if not entries and key in _NO_PREDICT:
+        clusterers = ", ".join(a.name for a in CATALOGUE if a.task == "clustering")
+        raise PgmlError(
+            f"algorithm '{key}' cannot be trained here: scikit-learn's {_NO_PREDICT[key]} only labels the rows "
+            "it was fitted on and cannot assign a new row to a cluster, so its model could not predict",
+            hint=f"Use a clusterer that can: {clusterers} (mean_shift and affinity_propagation find the number "
+            "of clusters themselves; gaussian_mixture gives each cluster's probability).",
+            sqlstate=errors.FEATURE_NOT_SUPPORTED,
+        )
     if not entries:
         raise PgmlError(
             f"unknown algorithm '{name}'",
@@ -174,6 +220,12 @@ def lookup(name: str, task: str) -> Algorithm:
         f"algorithm '{key}' does not support {task}",
         hint=f"'{key}' supports only {supported}; for {task} use one of: {others}",
     )
+
+
+def tasks_of(name: str) -> Tuple[str, ...]:
+    """The tasks an algorithm name supports (none for an unknown name)."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    return tuple(a.task for a in CATALOGUE if a.name == key)
 
 
 def _estimator_class(algorithm: Algorithm) -> type:

@@ -37,9 +37,12 @@ def _fields(server: ServerConnection, model: Model, relation: str,
     return fields
 
 
-def score_relation(server: ServerConnection, model: Model, relation: str,
-                   key_column: Optional[str]) -> Tuple[Optional[List[Any]], List[Prediction]]:
-    """Every row of the relation's prediction and, if key_column is given, its key (else None).
+Scored = Tuple[Optional[List[Any]], List[Prediction], Optional[List[List[float]]]]
+
+
+def score_relation(server: ServerConnection, model: Model, relation: str, key_column: Optional[str]) -> Scored:
+    """Every row of the relation's prediction and, if key_column is given, its key (else None);
+    for a decomposition model, no prediction (all None) but its components (else None).
 
     The relation is read and scored in a worker process (:mod:`isolation`): a cancel or a statement
     timeout stops a slow view at once, and a relation too big for memory costs the worker, not
@@ -66,17 +69,22 @@ def score_relation(server: ServerConnection, model: Model, relation: str,
 
 
 def _score_in_worker(dsn: str, role: str, relation: str, model: Model, fields: List[Tuple[FeatureColumn, str]],
-                     keyed: bool) -> Tuple[Optional[List[Any]], List[Prediction]]:
+                     keyed: bool) -> Scored:
     arrays = read_columns(dsn, role, relation, fields)
-    predictions = model.predict_arrays({c.name: a for c, a in zip(model.columns, arrays)})
-    return (arrays[-1].tolist() if keyed else None), predictions
+    data = {c.name: a for c, a in zip(model.columns, arrays)}
+    keys = arrays[-1].tolist() if keyed else None
+    if model.task == "decomposition":
+        components = model.decompose_arrays(data)
+        return keys, [(None, None, None)] * len(components), components
+    return keys, model.predict_arrays(data), None
 
 
 def as_rows(order: Sequence[str], constant: Mapping[str, Any], keys: Optional[List[Any]],
-            predictions: List[Prediction]) -> Iterator[Tuple[Any, ...]]:
+            predictions: List[Prediction],
+            components: Optional[List[List[float]]] = None) -> Iterator[Tuple[Any, ...]]:
     """Rows of pgml.predictions as sequences in its column order (``order``), which Multicorn turns
-    into tuples with no lookup by name: per row the prediction, label, probabilities and key;
-    ``constant`` gives the columns that are the same in every row.
+    into tuples with no lookup by name: per row the prediction, label, probabilities, key and a
+    decomposition's components; ``constant`` gives the columns that are the same in every row.
 
     Every column is filled, whether or not the query names it: a whole-row reference (``SELECT p``,
     ``to_jsonb(p)``) shows the wrapper no column names.
@@ -89,4 +97,6 @@ def as_rows(order: Sequence[str], constant: Mapping[str, Any], keys: Optional[Li
     }
     if keys is not None:
         per_row["key"] = keys
+    if components is not None:
+        per_row["components"] = components
     return zip(*(per_row[name] if name in per_row else repeat(constant.get(name)) for name in order))

@@ -29,6 +29,8 @@ _SERVICES: Dict[Tuple[Tuple[str, str], ...], "_Services"] = {}
 _PENDING: Dict[str, Tuple[bytes, Dict[str, Any]]] = {}
 # The conditions that choose what pgml.predictions computes.
 _KEYS = ("model", "features", "relation", "key_column")
+# The columns of pgml.predictions that a decomposition model has no value for.
+_PREDICTION_COLUMNS = frozenset(("prediction", "label", "probabilities"))
 # Estimated rows of a relation scored whole, when the catalog does not say (a view).
 _DEFAULT_BATCH_ROWS = 100_000
 
@@ -235,7 +237,7 @@ class Predictions(_Table):
 
         wanted = _equalities(quals)
         try:
-            return self._predict(wanted)
+            return self._predict(wanted, columns)
         except Interrupted:
             # PostgreSQL raises its own cancel or termination error when the view checks this row.
             error = PgmlError("canceling statement: the batch was stopped", sqlstate=errors.QUERY_CANCELED)
@@ -252,7 +254,7 @@ class Predictions(_Table):
         echo = dict(wanted, features=features, error=error.as_json())
         return [tuple(echo.get(name) for name in self.column_order)]
 
-    def _predict(self, wanted: Dict[str, Any]) -> List[Any]:
+    def _predict(self, wanted: Dict[str, Any], columns: Any) -> List[Any]:
         ref = wanted.get("model")
         if ref is None or ("features" not in wanted and "relation" not in wanted):
             raise PgmlError(
@@ -270,14 +272,28 @@ class Predictions(_Table):
                             hint="Update them: ALTER EXTENSION pgml_fdw UPDATE (models are kept).",
                             sqlstate=errors.INVALID_PARAMETER)
         model = self.services.store.get(ref, wanted.get("context"))
+        # A decomposition model answers components (an array) instead of a prediction: a query that
+        # asks for a prediction and not for them (pgml.score and the like) is told so.
+        decompose = model.task == "decomposition"
+        if decompose:
+            asked = set(columns or ())
+            if "components" not in asked and asked & _PREDICTION_COLUMNS:
+                raise model.not_a_prediction()
+            if "components" not in self._position:
+                raise PgmlError("this database's pgml_fdw objects are older than its Python package",
+                                hint="Update them: ALTER EXTENSION pgml_fdw UPDATE (models are kept).",
+                                sqlstate=errors.INVALID_PARAMETER)
         if "features" in wanted:
             features = wanted["features"]  # jsonb arrives as text (Multicorn 1.4) or parsed
-            prediction, label, probabilities = model.predict_row(features)
             # A sequence in column order: Multicorn converts it without a lookup per column name.
             at = self._position
             row: List[Any] = [None] * len(at)
             row[at["model"]], row[at["context"]], row[at["version"]] = ref, wanted.get("context"), model.version
             row[at["features"]] = features if isinstance(features, str) else _json_text(features)
+            if decompose:
+                row[at["components"]] = model.decompose_row(features)
+                return [tuple(row)]
+            prediction, label, probabilities = model.predict_row(features)
             row[at["prediction"]], row[at["label"]] = prediction, label
             if probabilities is not None:
                 row[at["probabilities"]] = json.dumps(probabilities)
@@ -287,10 +303,10 @@ class Predictions(_Table):
         relation, key_column = wanted["relation"], wanted.get("key_column")
         batch = (model.model_id, relation, key_column)
         if batch not in self._batches:
-            keys, predictions = score_relation(self.services.reading, model, relation, key_column)
+            keys, predictions, components = score_relation(self.services.reading, model, relation, key_column)
             constant = {"model": ref, "relation": relation, "key_column": key_column, "version": model.version,
                         "context": wanted.get("context")}
-            self._batches[batch] = list(as_rows(self.column_order, constant, keys, predictions))
+            self._batches[batch] = list(as_rows(self.column_order, constant, keys, predictions, components))
         return self._batches[batch]
 
     def rel_size(self, quals: List[Any]) -> Tuple[int, int, int]:

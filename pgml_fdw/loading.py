@@ -65,15 +65,16 @@ def estimated_rows(server: ServerConnection, relation: str) -> float:
 
 
 def feature_columns(server: ServerConnection, relation: str,
-                    y_column: str) -> Tuple[FeatureColumn, List[FeatureColumn]]:
-    """The y column and the feature columns (every other column) of a relation.
+                    y_column: Optional[str]) -> Tuple[Optional[FeatureColumn], List[FeatureColumn]]:
+    """The y column and the feature columns (every other column) of a relation; without a
+    y_column (clustering, decomposition), None and every column.
 
     Raises PgmlError when y_column is missing, when there is nothing else, or when a feature's
     type cannot be used.
     """
     described = relation_columns(server, relation)
     names = [name for name, *_ in described]
-    if y_column not in names:
+    if y_column is not None and y_column not in names:
         raise PgmlError(
             f'column "{y_column}" does not exist in {relation}',
             hint=f"y_column names the column to predict; {relation} has: {', '.join(names)}.",
@@ -93,10 +94,9 @@ def feature_columns(server: ServerConnection, relation: str,
                 "(for instance a cast, or extract(epoch from ...)).", sqlstate=errors.DATATYPE_MISMATCH,
             )
         features.append(FeatureColumn(name, declared, kind, base))
-    assert y is not None
     if not features:
         raise PgmlError(
-            f"{relation} has no feature columns besides {y_column}",
+            f"{relation} has no feature columns besides {y_column}" if y_column else f"{relation} has no columns",
             hint="Every column of the relation except y_column is a feature: add at least one.",
         )
     return y, features
@@ -148,12 +148,16 @@ def read_training_data(
     dsn: str,
     role: str,
     relation: str,
-    y: FeatureColumn,
+    y: Optional[FeatureColumn],
     y_as_text: bool,
     features: Sequence[FeatureColumn],
-) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
-    """Every row of the relation whose y is not NULL: feature arrays by name, and y."""
-    fields = [feature_field(c) for c in features] + [(y, TEXT if y_as_text else FLOAT)]
+) -> Tuple[Dict[str, np.ndarray], Optional[np.ndarray]]:
+    """Every row of the relation whose y is not NULL: feature arrays by name, and y; without a y
+    (clustering, decomposition), every row and None."""
+    fields = [feature_field(c) for c in features]
+    if y is None:
+        return dict(zip((c.name for c in features), read_columns(dsn, role, relation, fields))), None
+    fields.append((y, TEXT if y_as_text else FLOAT))
     arrays = read_columns(dsn, role, relation, fields, not_null=y.name)
     return {c.name: a for c, a in zip(features, arrays[:-1])}, arrays[-1]
 

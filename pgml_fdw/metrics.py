@@ -9,8 +9,12 @@ from sklearn import metrics as skm
 
 from pgml_fdw.jsonsafe import json_safe
 
-# The metric that ranks models of a task (e.g. for picking the deployed one).
-KEY_METRIC = {"regression": "r2", "classification": "f1"}
+# The metric that ranks models of a task (e.g. for picking the deployed one): higher is better for
+# each. PostgresML's names; the SQL's pgml._key_metric says the same.
+KEY_METRIC = {"regression": "r2", "classification": "f1", "clustering": "silhouette",
+              "decomposition": "cumulative_explained_variance"}
+# The silhouette compares every pair of rows: it is measured on at most this many (drawn with seed 0).
+SILHOUETTE_ROWS = 5000
 
 
 def evaluate(
@@ -92,3 +96,71 @@ def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> Optional[float]:
     if proba.shape[1] == 2:
         return skm.roc_auc_score(y_true, proba[:, 1])
     return float(np.mean([skm.roc_auc_score(y_true == c, proba[:, c]) for c in present]))
+
+
+def cluster_count(estimator: Any) -> int:
+    """How many clusters a fitted clusterer assigns rows to."""
+    for attribute in ("cluster_centers_", "means_"):  # the k-means family, mean shift, affinity propagation; mixtures
+        centers = getattr(estimator, attribute, None)
+        if centers is not None:
+            return len(centers)
+    labels = getattr(estimator, "subcluster_labels_", None)  # birch: its subclusters, grouped
+    if labels is None:
+        labels = estimator.labels_
+    return int(np.count_nonzero(np.unique(labels) >= 0))
+
+
+def silhouette(X: np.ndarray, labels: np.ndarray) -> Optional[float]:
+    """The mean silhouette coefficient (-1 to 1, higher is better: rows close to their own cluster
+    and far from the next), on at most :data:`SILHOUETTE_ROWS` rows drawn with seed 0: it costs
+    the square of the rows. None when it is undefined (fewer than 2 clusters, or every row its own)."""
+    labels = np.asarray(labels)
+    sample = None if len(labels) <= SILHOUETTE_ROWS else SILHOUETTE_ROWS
+    if not 2 <= len(np.unique(labels)) <= len(labels) - 1:
+        return None
+    try:
+        return float(skm.silhouette_score(X, labels, sample_size=sample, random_state=0))
+    except ValueError:  # the sample holds a single cluster
+        return None
+
+
+def silhouette_scorer(estimator: Any, X: np.ndarray, y: Any = None) -> float:
+    """A scikit-learn scorer of a fitted clusterer: the silhouette of the clusters it assigns to
+    ``X`` (NaN when undefined), for hyperparameter search."""
+    value = silhouette(X, estimator.predict(X))
+    return np.nan if value is None else value
+
+
+def clustering(X_test: np.ndarray, labels: np.ndarray, truth: Optional[np.ndarray] = None,
+               n_clusters: Optional[int] = None) -> Dict[str, Any]:
+    """Metrics of the clusters assigned to the held-out rows ``X_test`` (as the estimator sees them).
+
+    silhouette (see :func:`silhouette`), calinski_harabasz (higher is better), davies_bouldin
+    (lower is better), n_clusters (how many the model has) and, when the rows' true groups are
+    known (``truth``: a y_column), adjusted_rand (1 when the clusters are those groups, about 0
+    when they have nothing to do with them) and normalized_mutual_info (0 to 1).
+    """
+    labels = np.asarray(labels)
+    result: Dict[str, Any] = {"silhouette": silhouette(X_test, labels), "calinski_harabasz": None,
+                              "davies_bouldin": None}
+    if 2 <= len(np.unique(labels)) <= len(labels) - 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # davies_bouldin divides by zero on identical centroids
+            result["calinski_harabasz"] = skm.calinski_harabasz_score(X_test, labels)
+            result["davies_bouldin"] = skm.davies_bouldin_score(X_test, labels)
+    result["n_clusters"] = n_clusters
+    if truth is not None:
+        result["adjusted_rand"] = skm.adjusted_rand_score(truth, labels)
+        result["normalized_mutual_info"] = skm.normalized_mutual_info_score(truth, labels)
+    return {k: json_safe(v) for k, v in result.items()}
+
+
+def decomposition(estimator: Any) -> Dict[str, Any]:
+    """A fitted PCA's cumulative_explained_variance (the share of the training rows' variance its
+    components keep, 0 to 1), explained_variance_ratio (per component) and n_components."""
+    ratios = np.asarray(estimator.explained_variance_ratio_, dtype=np.float64)
+    return {
+        "cumulative_explained_variance": json_safe(float(ratios.sum())),
+        "explained_variance_ratio": json_safe(ratios.tolist()),
+        "n_components": int(estimator.n_components_),
+    }

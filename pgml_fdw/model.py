@@ -192,17 +192,45 @@ class Model:
                 f"{len(self.columns)} values in this order: {', '.join(c.name for c in self.columns)}.")
 
     def predict_row(self, features: Any) -> Prediction:
-        """(prediction, label, probabilities) for one row of JSON features."""
+        """(prediction, label, probabilities) for one row of JSON features. A clustering model's
+        prediction is the cluster's number, its label the same as text, its probabilities (a
+        gaussian_mixture's) by cluster; a decomposition model has none (see :meth:`decompose_row`)."""
+        if self.task == "decomposition":
+            raise self.not_a_prediction()
         x = self._row.encode(self.row_values(features))
         try:
             return self._predict_encoded(x)
         except ValueError as exc:  # scikit-learn's refusal of a value, e.g. beyond float32 for trees
             raise self._unscorable(exc) from exc
 
+    def decompose_row(self, features: Any) -> List[float]:
+        """A decomposition model's components for one row of JSON features."""
+        x = self._row.encode(self.row_values(features))
+        try:
+            if self._predictor is not None:
+                try:
+                    return self._predictor.transform(x)
+                except NeedsEstimator:
+                    pass  # NaN or infinity: scikit-learn's own answer, or its own refusal
+            import numpy as np
+
+            return [float(v) for v in self.estimator.transform(np.array([x], dtype=np.float64))[0]]
+        except ValueError as exc:
+            raise self._unscorable(exc) from exc
+
+    def not_a_prediction(self) -> PgmlError:
+        """The error of asking a decomposition model for a prediction."""
+        return PgmlError(f"model {self.model_id} is a decomposition model: it answers an array of components, "
+                         "not a prediction", sqlstate=errors.INVALID_PARAMETER,
+                         hint=f"Use pgml.decompose('{self.model_id}', features), or SELECT components FROM "
+                         "pgml.predictions WHERE model = ... (AND relation = ... for a whole table).")
+
     def _predict_encoded(self, x: List[float]) -> Prediction:
         if self._predictor is not None:
             try:
                 decided, proba = self._predictor.answer(x)
+                if self.task == "clustering":
+                    return self._cluster(int(decided), proba)
                 if self.classes is None:
                     return float(decided), None, None
                 assert self._known is not None
@@ -212,6 +240,9 @@ class Model:
         import numpy as np
 
         X = np.array([x], dtype=np.float64)
+        if self.task == "clustering":
+            proba = self.estimator.predict_proba(X)[0] if self._has_proba else None
+            return self._cluster(int(self.estimator.predict(X)[0]), proba)
         if self.classes is None:
             return float(self.estimator.predict(X)[0]), None, None
         index = int(self.estimator.predict(X)[0])  # trained on class indices
@@ -234,26 +265,48 @@ class Model:
                 probabilities[self.labels[k]] = float(p)
         return number, self.labels[index], probabilities
 
+    @staticmethod
+    def _cluster(cluster: int, proba: Optional[Sequence[float]]) -> Prediction:
+        probabilities = None if proba is None else {str(k): float(p) for k, p in enumerate(proba)}
+        return float(cluster), str(cluster), probabilities
+
     # -- many rows ---------------------------------------------------------------------------------
 
     def predict_arrays(self, data: Mapping[str, Any]) -> List[Prediction]:
         """Predictions for columns of many rows (as the training loader reads them), in one pass."""
-        missing = [c.name for c in self.columns if c.name not in data]
-        if missing:
-            raise PgmlError(f"the relation lacks the features {', '.join(missing)} of model {self.model_id}",
-                            hint="Score a relation with the same columns as the one the model was trained on.",
-                            sqlstate=errors.UNDEFINED_COLUMN)
-        import numpy as np
-
-        X = self.encoder.transform(data)
+        if self.task == "decomposition":
+            raise self.not_a_prediction()
+        X = self._encode_arrays(data)
         try:
+            if self.task == "clustering":
+                clusters = self.estimator.predict(X)
+                probas = self.estimator.predict_proba(X) if self._has_proba else None
+                return [self._cluster(int(c), None if probas is None else probas[r]) for r, c in enumerate(clusters)]
             if self.classes is None:
                 return [(float(v), None, None) for v in self.estimator.predict(X)]
+            import numpy as np
+
             indices = np.asarray(self.estimator.predict(X), dtype=np.int64)  # trained on class indices
             proba = self.estimator.predict_proba(X) if self._has_proba else None
         except ValueError as exc:  # infinity in the relation, or a value beyond float32 for trees
             raise self._unscorable(exc) from exc
         return [self._answer(int(i), None if proba is None else proba[r]) for r, i in enumerate(indices)]
+
+    def decompose_arrays(self, data: Mapping[str, Any]) -> List[List[float]]:
+        """A decomposition model's components for columns of many rows, in one pass."""
+        X = self._encode_arrays(data)
+        try:
+            return self.estimator.transform(X).tolist()  # type: ignore[no-any-return]
+        except ValueError as exc:
+            raise self._unscorable(exc) from exc
+
+    def _encode_arrays(self, data: Mapping[str, Any]) -> Any:
+        missing = [c.name for c in self.columns if c.name not in data]
+        if missing:
+            raise PgmlError(f"the relation lacks the features {', '.join(missing)} of model {self.model_id}",
+                            hint="Score a relation with the same columns as the one the model was trained on.",
+                            sqlstate=errors.UNDEFINED_COLUMN)
+        return self.encoder.transform(data)
 
 
 def label_text(label: Any) -> str:

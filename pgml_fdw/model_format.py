@@ -35,9 +35,11 @@ from .errors import PgmlError
 from .model import Model
 
 MAGIC = b"PGMLFDW\n"
-# The layout; a reader refuses a format newer than its own. 1: no fast path arrays; 3: preprocessing
-# that a format 2 reader would get wrong (target encoding, scaled or explicitly ordered categories,
-# numbers encoded as categories, impute "error"), written only by the models that use it.
+# The layout; a reader refuses a format newer than its own. 1: no fast path arrays; 3: what a
+# format 2 reader would get wrong, written only by the models that need it: preprocessing format 2
+# lacks (target encoding, scaled or explicitly ordered categories, numbers encoded as categories,
+# impute "error"), and clustering and decomposition models (an older pgml_fdw then says it is too
+# old instead of answering wrongly).
 FORMAT = 3
 _LENGTH = struct.Struct(">I")
 PROBE_ROWS = 8
@@ -81,9 +83,13 @@ def probe_rows(X: Any) -> Any:
     return np.random.default_rng(0).uniform(low, high, size=(rows, X.shape[1]))
 
 
-def _answers(estimator: Any, X: Any) -> Dict[str, Any]:
+def _answers(estimator: Any, X: Any, task: str) -> Dict[str, Any]:
+    """The estimator's answers to the probe rows: predictions and probabilities, or a
+    decomposition's components (as "predict")."""
     import numpy as np
 
+    if task == "decomposition":
+        return {"predict": np.asarray(estimator.transform(X), dtype=np.float64).tolist(), "proba": None}
     proba = estimator.predict_proba(X).tolist() if hasattr(estimator, "predict_proba") else None
     return {"predict": np.asarray(estimator.predict(X), dtype=np.float64).tolist(), "proba": proba}
 
@@ -95,7 +101,7 @@ def dump(model: Model, probe: Any) -> bytes:
     stored = [(name, values.typecode, single_row.array_bytes(values)) for name, values in arrays.items()]
     encoder = model.encoder.to_data()
     header = {
-        "format": _format(encoder),
+        "format": _format(model.task, encoder),
         "versions": versions.current(),
         "model_id": model.model_id,
         "task": model.task,
@@ -104,7 +110,7 @@ def dump(model: Model, probe: Any) -> bytes:
         "known": model.known,
         "has_proba": model.has_proba,
         "encoder": encoder,
-        "probe": {"rows": probe.tolist(), **_answers(model.estimator, probe)},
+        "probe": {"rows": probe.tolist(), **_answers(model.estimator, probe, model.task)},
         "predictor": meta,
         "arrays": [[name, typecode, len(data)] for name, typecode, data in stored],
     }
@@ -115,10 +121,11 @@ def dump(model: Model, probe: Any) -> bytes:
                      pickle.dumps(model.estimator, protocol=4)])
 
 
-def _format(encoder: Dict[str, Any]) -> int:
-    """The oldest format that stores this encoder: 3 when it uses a step format 2 lacks (a number
-    column encoded as categories among them: a format 2 reader would miss its NULL category)."""
-    newer = ("tables" in encoder or "required" in encoder or any(len(p) > 4 for p in encoder["plan"].values())
+def _format(task: str, encoder: Dict[str, Any]) -> int:
+    """The oldest format that stores this model: 3 for clustering and decomposition, and for an
+    encoder with a step format 2 lacks (a number column encoded as categories among them: a format
+    2 reader would miss its NULL category)."""
+    newer = (task in ("clustering", "decomposition") or "tables" in encoder or "required" in encoder or any(len(p) > 4 for p in encoder["plan"].values())
              or any(encoder["columns"][text[0]][1] == "number" for text in encoder["texts"]))
     return 3 if newer else 2
 
@@ -207,14 +214,18 @@ def _check_estimator(model: Model, estimator: Any, probe: Dict[str, Any], ref: s
     if model.made_with is not None and _differs(model.made_with, versions.current()):
         import numpy as np
 
-        _check_probe(model, probe, ref, _answers(estimator, np.asarray(probe["rows"], dtype=np.float64)))
+        _check_probe(model, probe, ref, _answers(estimator, np.asarray(probe["rows"], dtype=np.float64), model.task))
 
 
 def _predictor_answers(model: Model, rows: List[List[float]]) -> Dict[str, Any]:
     """The fast path's answers to the probe, as :func:`_answers` gives the estimator's."""
     predictor = model.predictor
     assert predictor is not None
+    if model.task == "clustering":  # k-means (no probabilities)
+        return {"predict": [_cluster(predictor, row) for row in rows], "proba": None}
     try:
+        if model.task == "decomposition":
+            return {"predict": [predictor.transform(row) for row in rows], "proba": None}
         answers = [predictor.answer(row) for row in rows]
     except single_row.NeedsEstimator:
         return {"predict": None, "proba": None}
@@ -225,10 +236,20 @@ def _predictor_answers(model: Model, rows: List[List[float]]) -> Dict[str, Any]:
     return {"predict": predict, "proba": proba}
 
 
+def _cluster(predictor: single_row.Predictor, row: List[float]) -> Optional[float]:
+    """A k-means fast path's cluster for a probe row; None for a row it hands to the estimator (two
+    centroids too close to call), which says nothing about the fast path."""
+    try:
+        return float(predictor.answer(row)[0])
+    except single_row.NeedsEstimator:
+        return None
+
+
 def _check_probe(model: Model, probe: Dict[str, Any], ref: str, now: Dict[str, Any]) -> None:
-    def close(a: Any, b: Any) -> bool:
+    def close(a: Any, b: Any) -> bool:  # None in a: a row not answered (see _cluster)
         return len(a) == len(b) and all(
-            close(x, y) if isinstance(x, list) else abs(x - y) <= 1e-12 + 1e-9 * abs(y) for x, y in zip(a, b))
+            x is None or (close(x, y) if isinstance(x, list) else abs(x - y) <= 1e-12 + 1e-9 * abs(y))
+            for x, y in zip(a, b))
 
     same = now["predict"] is not None and close(now["predict"], probe["predict"]) and (
         (now["proba"] is None) == (probe["proba"] is None)

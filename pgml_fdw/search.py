@@ -13,6 +13,7 @@ from sklearn.model_selection import GridSearchCV, KFold, RandomizedSearchCV, Str
 
 from pgml_fdw.algorithms import Algorithm, check_hyperparam_names, make_estimator
 from pgml_fdw.jsonsafe import json_safe
+from pgml_fdw.metrics import silhouette_scorer
 from pgml_fdw.errors import PgmlError
 
 METHODS = ("grid", "random")
@@ -164,7 +165,8 @@ def search(
     """Cross-validate candidates from ``space`` on top of ``base_params`` and return the best.
 
     Uses shuffled (stratified, for classification) k-fold CV with random_state=0,
-    scoring r2 for regression and f1 (binary) / f1_macro for classification.
+    scoring r2 for regression, f1 (binary) / f1_macro for classification and the
+    silhouette of each held-out fold's clusters for clustering (``y`` is then ignored).
     Nothing is refitted: the caller trains the final model with
     ``{**base_params, **result.best_params}``.  ``X`` must already be
     preprocessed as the final model will see it; ``y`` holds class indices for
@@ -179,12 +181,13 @@ def search(
         name: [make_estimator(algorithm, {name: v}).get_params(deep=False)[name] for v in values]
         for name, values in space.items()
     }
+    scoring: Any
     if task == "classification":
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
         scoring = "f1" if set(np.unique(y).tolist()) == {0, 1} else "f1_macro"
     else:
         cv = KFold(n_splits=folds, shuffle=True, random_state=0)
-        scoring = "r2"
+        scoring = silhouette_scorer if task == "clustering" else "r2"
     common = dict(scoring=scoring, cv=cv, n_jobs=1, refit=False, error_score=np.nan)
     if method == "grid":
         searcher = GridSearchCV(estimator, grid, **common)

@@ -16,12 +16,16 @@ only the standard library, and :mod:`model_format` stores them beside the estima
   own comparison (the feature rounded to float32 against the float64 threshold), leaf values
   summed in tree order and divided by the number of trees, as scikit-learn does: bit-identical.
   A forest whose trees are deep in all (more than ``_NUMPY_LEVELS`` levels added up) is walked by
-  numpy, all trees at once, which then costs the connection numpy's import once.
+  numpy, all trees at once, which then costs the connection numpy's import once;
+* k-means (and mini-batch k-means): the nearest centroid by scikit-learn's measure, answered only
+  when no rounding could make scikit-learn choose another (the estimator answers the rest);
+* PCA: the projection on its components (``transform``), one rounding per component.
 
 ``answer(x)`` takes the preprocessed feature values (a sequence of floats) and returns, in one pass,
-the value for a regressor or the *index* into the estimator's ``classes_`` for a classifier, and the
-class probabilities aligned with ``classes_`` (None for a regressor, or an estimator without
-``predict_proba``); ``predict(x)`` and ``predict_proba(x)`` give either half. A row the predictor
+the value for a regressor, the *index* into the estimator's ``classes_`` for a classifier or the
+cluster for k-means, and the class probabilities aligned with ``classes_`` (None for a regressor,
+or an estimator without ``predict_proba``); ``predict(x)`` and ``predict_proba(x)`` give either
+half. PCA's predictor has ``transform(x)`` instead, the row's components. A row the predictor
 does not handle (NaN, infinity, beyond float32 for a tree, the wrong length) raises
 :class:`NeedsEstimator`: the caller then asks the estimator itself, which gives scikit-learn's own
 result or its own ``ValueError``.
@@ -57,6 +61,10 @@ class Predictor:
     def predict_proba(self, x: Sequence[float]) -> Optional[List[float]]:
         """Class probabilities of one row, aligned with the estimator's ``classes_``."""
         return self.answer(x)[1]
+
+    def transform(self, x: Sequence[float]) -> List[float]:
+        """A decomposition's components of one row (its ``transform``)."""
+        raise NotImplementedError
 
     def to_data(self) -> Data:
         """The predictor's parameters, for :func:`from_data`."""
@@ -250,6 +258,89 @@ class TreesPredictor(Predictor):
                       "threshold": self._threshold, "value": self._value}
 
 
+# A bound on the relative rounding error of a sum of n products in any order, with each product
+# rounded (Higham's gamma_n, doubled): what BLAS may be off by in a dot product.
+def _rounding(n: int) -> float:
+    return 2.0 * (n + 2) * 2.0 ** -53
+
+
+class CentroidPredictor(Predictor):
+    """k-means' predict: the cluster whose centroid ``c`` is nearest, by scikit-learn's own measure,
+    the smallest ``||c||^2 - 2 x.c`` (the row's own ``||x||^2`` is the same for every centroid),
+    the first of equal ones.
+
+    scikit-learn computes those sums with BLAS, whose rounding depends on the CPU; here each is
+    rounded once (``math.fsum``). When the two nearest centroids are closer than both roundings
+    can be off, the row goes to the estimator (:class:`NeedsEstimator`): every answer given here
+    is the one scikit-learn gives."""
+
+    def __init__(self, centers: Sequence[float], norms: Sequence[float]) -> None:
+        k = len(norms)
+        self._n_features = len(centers) // k
+        width = self._n_features
+        self._centers = array("d", centers)
+        # -2c is exact (a power of two), so each sum below has one rounding besides the products'.
+        self._minus2 = [[-2.0 * v for v in centers[i * width:(i + 1) * width]] for i in range(k)]
+        self._norms = list(norms)
+        self._rounding = _rounding(width + 1)
+
+    def answer(self, x: Sequence[float]) -> Tuple[Union[float, int], Optional[List[float]]]:
+        if len(x) != self._n_features:
+            raise NeedsEstimator
+        try:
+            scores = [math.fsum([norm, *map(mul, x, row)]) for norm, row in zip(self._norms, self._minus2)]
+        except (OverflowError, ValueError):  # an infinite feature
+            raise NeedsEstimator from None
+        if not all(map(math.isfinite, scores)):
+            raise NeedsEstimator
+        best = min(range(len(scores)), key=scores.__getitem__)  # the first of equal minima
+        # How far from the exact sum scikit-learn's may be, for each centroid.
+        slack = [self._rounding * (abs(norm) + math.fsum(map(abs, map(mul, x, row))))
+                 for norm, row in zip(self._norms, self._minus2)]
+        for j, score in enumerate(scores):
+            if j != best and score - scores[best] <= 2.0 * (slack[j] + slack[best]):
+                raise NeedsEstimator  # too close to call the way scikit-learn's rounding will
+        return best, None
+
+    def to_data(self) -> Data:
+        return {"kind": "centroids"}, {"centers": self._centers, "norms": array("d", self._norms)}
+
+
+class ProjectionPredictor(Predictor):
+    """PCA's transform: ``x @ components.T - mean @ components.T`` (the second term computed once,
+    at training), divided by the components' standard deviations when whitened, as scikit-learn
+    computes it; each sum rounded once (``math.fsum``), within a few units in the last place of
+    scikit-learn's BLAS."""
+
+    def __init__(self, components: Sequence[float], offset: Sequence[float], scale: Optional[Sequence[float]]) -> None:
+        k = len(offset)
+        self._n_features = len(components) // k
+        width = self._n_features
+        self._components = [list(components[i * width:(i + 1) * width]) for i in range(k)]
+        self._offset = list(offset)
+        self._scale = None if scale is None else list(scale)
+
+    def transform(self, x: Sequence[float]) -> List[float]:
+        if len(x) != self._n_features:
+            raise NeedsEstimator
+        try:
+            out = [math.fsum([*map(mul, x, row), -offset]) for row, offset in zip(self._components, self._offset)]
+        except (OverflowError, ValueError):  # an infinite feature
+            raise NeedsEstimator from None
+        if not all(map(math.isfinite, out)):
+            raise NeedsEstimator
+        if self._scale is not None:
+            out = [v / s for v, s in zip(out, self._scale)]
+        return out
+
+    def to_data(self) -> Data:
+        arrays = {"components": array("d", [v for row in self._components for v in row]),
+                  "offset": array("d", self._offset)}
+        if self._scale is not None:
+            arrays["scale"] = array("d", self._scale)
+        return {"kind": "projection", "whiten": self._scale is not None}, arrays
+
+
 def from_data(meta: Dict[str, Any], arrays: Dict[str, array]) -> Predictor:
     """The predictor :meth:`Predictor.to_data` described."""
     if meta["kind"] == "linear":
@@ -258,6 +349,10 @@ def from_data(meta: Dict[str, Any], arrays: Dict[str, array]) -> Predictor:
         return TreesPredictor(arrays["roots"], arrays["left"], arrays["right"], arrays["feature"],
                               arrays["threshold"], arrays["value"], meta["n_features"], meta["n_classes"],
                               meta.get("levels", 0))
+    if meta["kind"] == "centroids":
+        return CentroidPredictor(arrays["centers"], arrays["norms"])
+    if meta["kind"] == "projection":
+        return ProjectionPredictor(arrays["components"], arrays["offset"], arrays["scale"] if meta["whiten"] else None)
     raise ValueError(f"unknown predictor kind {meta['kind']!r}")
 
 
@@ -266,7 +361,7 @@ def from_data(meta: Dict[str, Any], arrays: Dict[str, array]) -> Predictor:
 def fast_predictor(estimator: Any) -> Optional[Predictor]:
     """An exact single-row predictor for ``estimator``, or None when there is none: an unsupported
     (or subclassed: it may override predict), unfitted or multi-output estimator."""
-    from sklearn import ensemble, linear_model, svm, tree
+    from sklearn import cluster, decomposition, ensemble, linear_model, svm, tree
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
@@ -281,13 +376,18 @@ def fast_predictor(estimator: Any) -> Optional[Predictor]:
              tree.ExtraTreeClassifier}
     forests = {ensemble.RandomForestRegressor, ensemble.RandomForestClassifier, ensemble.ExtraTreesRegressor,
                ensemble.ExtraTreesClassifier}
+    kmeans = {cluster.KMeans, cluster.MiniBatchKMeans}  # not BisectingKMeans: it predicts down its tree
     kind = type(estimator)
-    if kind not in linear_regressors | logistic | decision_function | trees | forests:
+    if kind not in linear_regressors | logistic | decision_function | trees | forests | kmeans | {decomposition.PCA}:
         return None
     try:
         check_is_fitted(estimator)
     except NotFittedError:
         return None
+    if kind in kmeans:
+        return _centroids(estimator)
+    if kind is decomposition.PCA:
+        return _projection(estimator)
     if kind in linear_regressors:
         if len(getattr(estimator.coef_, "shape", ())) != 1:
             return None
@@ -348,6 +448,28 @@ def _trees(estimators: List[Any], n_features: int, classifier: bool) -> TreesPre
                           joined("feature", "i"), _array("f", threshold),
                           _array("d", values if classifier else values[:, 0]), n_features, n_classes,
                           sum(int(t.max_depth) for t in nodes))
+
+
+def _centroids(estimator: Any) -> CentroidPredictor:
+    import numpy as np
+    from sklearn.utils.extmath import row_norms
+
+    centers = np.ascontiguousarray(estimator.cluster_centers_, dtype=np.float64)
+    # The norms scikit-learn's predict computes, with the same function.
+    return CentroidPredictor(centers.ravel().tolist(), row_norms(centers, squared=True).tolist())
+
+
+def _projection(estimator: Any) -> ProjectionPredictor:
+    import numpy as np
+
+    components = np.asarray(estimator.components_, dtype=np.float64)
+    offset = np.reshape(np.asarray(estimator.mean_, dtype=np.float64), (1, -1)) @ components.T
+    scale = None
+    if estimator.whiten:  # scikit-learn's transform, which keeps tiny variances from dividing by zero
+        scale = np.sqrt(np.asarray(estimator.explained_variance_, dtype=np.float64))
+        scale[scale < np.finfo(scale.dtype).eps] = np.finfo(scale.dtype).eps
+    return ProjectionPredictor(components.ravel().tolist(), offset.ravel().tolist(),
+                               None if scale is None else scale.tolist())
 
 
 def _float32_round_down(threshold: Any) -> Any:

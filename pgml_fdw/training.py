@@ -30,6 +30,9 @@ from .preprocessing import Column, FeatureEncoder, plan_preprocessing, refuse_nu
 REGRESSION_KINDS = ("number", "interval", "date", "timestamp", "time")
 # How the held-out rows are chosen; "stratified" is PostgresML's name for our random (stratified by class).
 SAMPLINGS = ("random", "first", "last", "stratified")
+# The algorithm of a clustering or decomposition run that names none: linear, every run's default
+# (pgml.train's and pgml.training_runs'), stands for these (as PostgresML's examples expect).
+UNSUPERVISED_DEFAULTS = {"clustering": "kmeans", "decomposition": "pca"}
 # One training run may use this share of the server's memory unless pgml.training_memory says
 # otherwise, and never more than the ceiling: the server's other sessions need the rest.
 DEFAULT_MEMORY_SHARE = 0.25
@@ -63,7 +66,7 @@ class TrainingOptions:
     name: str
     version: int
     relation: str
-    y_column: str
+    y_column: Optional[str]  # None: clustering or decomposition, every column a feature
     trained_by: str
     algorithm: str = "linear"
     task: Optional[str] = None
@@ -90,14 +93,17 @@ class TrainingOptions:
             raise PgmlError(f"search_folds is {row['search_folds']} and search_args cv is {folds}: they are the same "
                             "setting", hint="Give the number of folds once, as search_folds or as search_args cv.")
         preprocess = parse_json(row.get("preprocess"), "preprocess", '\'{"age": {"impute": "median"}}\'')
+        algorithm = row.get("algorithm") or "linear"
+        if algorithm.strip().lower() == "linear" and row.get("task") in UNSUPERVISED_DEFAULTS:
+            algorithm = UNSUPERVISED_DEFAULTS[row["task"]]
         options = cls(
             model_id=row["id"],
             name=row["name"],
             version=int(row["version"]),
             relation=row["relation"],
-            y_column=row["y_column"],
+            y_column=row.get("y_column"),
             trained_by=row["trained_by"],
-            algorithm=row.get("algorithm") or "linear",
+            algorithm=algorithm,
             task=row.get("task"),
             hyperparams=hyperparams,
             search=row.get("search"),
@@ -114,8 +120,9 @@ class TrainingOptions:
     def check(self) -> None:
         """Checks what can be checked without the data."""
         if self.task is not None and self.task not in algorithms.TASKS:
-            raise PgmlError(f'unknown task "{self.task}"', hint="Use regression or classification, or leave task "
-                            "out to have it follow y_column's type.")
+            raise PgmlError(f'unknown task "{self.task}"', hint="Use regression, classification, clustering or "
+                            "decomposition, or leave task out to have it follow y_column's type (or, for an "
+                            "algorithm such as kmeans or pca, its task).")
         if not (0 < self.test_size < 1):
             raise PgmlError(f"test_size must be between 0 and 1, not {self.test_size}",
                             hint="It is the held-out fraction; 0.25 keeps a quarter of the rows for evaluation.")
@@ -132,13 +139,29 @@ class TrainingOptions:
         """How many candidates a random search tries at most (search_args n_iter)."""
         return int(self.search_args.get("n_iter", search.DEFAULT_N_ITER))
 
-    def resolve_task(self, y: FeatureColumn) -> str:
-        """The task: as given, or from y's kind (numbers regress, text and booleans classify)."""
+    def resolve_task(self, y: Optional[FeatureColumn]) -> str:
+        """The task: as given; else the task of an algorithm made for clustering or decomposition
+        (kmeans, pca); else from y's kind (numbers regress, text and booleans classify)."""
+        task = self.task
+        if task is None:
+            tasks = algorithms.tasks_of(self.algorithm)
+            if len(tasks) == 1 and tasks[0] in algorithms.UNSUPERVISED:
+                task = tasks[0]
+        if task in algorithms.UNSUPERVISED:
+            assert task is not None
+            return task
+        if y is None:
+            if task is None and not algorithms.tasks_of(self.algorithm):
+                algorithms.lookup(self.algorithm, "clustering")  # says what is wrong with the name
+            raise PgmlError(f"a {task or 'training'} run needs y_column, the column to predict",
+                            hint="Give y_column, or train without one for clustering or decomposition: "
+                            "pgml.train('my_view', NULL, 'kmeans'), or task => 'clustering' or 'decomposition' "
+                            "(SELECT name, task FROM pgml.algorithms lists their algorithms).")
         if y.kind == "unsupported":
             raise PgmlError(f'y_column "{y.name}" has type {y.sql_type}, which cannot be predicted',
                             hint="Predict a number, a boolean or a text column; cast it in the view.",
                             sqlstate=errors.DATATYPE_MISMATCH)
-        task = self.task or ("regression" if y.kind in REGRESSION_KINDS else "classification")
+        task = task or ("regression" if y.kind in REGRESSION_KINDS else "classification")
         if task == "regression" and y.kind not in REGRESSION_KINDS:
             raise PgmlError(f'y_column "{y.name}" is {y.sql_type}, and regression predicts numbers',
                             hint="Use task => 'classification', or y_column a numeric column.")
@@ -198,7 +221,7 @@ def encode_labels(y_text: np.ndarray, y: FeatureColumn) -> Tuple[np.ndarray, Lis
     return indices.astype(np.int64), classes
 
 
-def prepare(options: TrainingOptions, y_column: FeatureColumn,
+def prepare(options: TrainingOptions, y_column: Optional[FeatureColumn],
             columns: Sequence[FeatureColumn]) -> Tuple[str, algorithms.Algorithm, Dict[str, Any]]:
     """The task, algorithm and preprocessing plan of a run: every option checked, no data needed."""
     task = options.resolve_task(y_column)
@@ -206,33 +229,54 @@ def prepare(options: TrainingOptions, y_column: FeatureColumn,
     plan = plan_preprocessing(_encoder_columns(columns), options.preprocess, algorithm.needs_scaling)
     algorithms.make_estimator(algorithm, options.hyperparams)
     if options.search:
+        if task == "decomposition":
+            raise PgmlError("hyperparameter search is not available for decomposition",
+                            hint="Its key metric, the explained variance, only grows with n_components: give the "
+                            "share of variance to keep instead, hyperparams => '{\"n_components\": 0.95}' (pca then "
+                            "keeps as many components as that takes), or train one version per setting and compare "
+                            "their metrics.")
         search.validate_search(algorithm, options.search, options.search_params or {}, options.search_folds,
                                options.n_iter)
     return task, algorithm, plan
 
 
-def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[FeatureColumn],
-          data: MutableMapping[str, np.ndarray], y_raw: np.ndarray, budget: Optional[float] = None) -> TrainingResult:
+def train(options: TrainingOptions, y_column: Optional[FeatureColumn], columns: Sequence[FeatureColumn],
+          data: MutableMapping[str, np.ndarray], y_raw: Optional[np.ndarray],
+          budget: Optional[float] = None) -> TrainingResult:
     """Fits and evaluates the model a run asks for, on the rows given, refusing a feature matrix
     that would not fit in ``budget`` bytes (default: :func:`training_budget`'s).
+
+    Clustering and decomposition fit without y (``y_column`` and ``y_raw`` None, or a y_column
+    given for clustering, whose values the clusters are then compared with on the test split).
 
     ``data`` is consumed: its columns are dropped once the feature matrix is made, so that the
     raw columns and the matrix are never both held while the estimator fits."""
     started = time.monotonic()
     task, algorithm, plan = prepare(options, y_column, columns)
 
-    n = len(y_raw)
+    budget = training_budget(0) if budget is None else budget
+    n = len(y_raw) if y_raw is not None else len(data[columns[0].name])
     if n == 0:
+        if y_column is None:
+            raise PgmlError(f"{options.relation} has no rows", hint="Training needs rows.",
+                            sqlstate=errors.DATA_EXCEPTION)
         raise PgmlError(f'{options.relation} has no rows where "{y_column.name}" is not NULL',
                         hint="Training needs rows with a known value of y_column.", sqlstate=errors.DATA_EXCEPTION)
     classes = None
-    if task == "classification":
+    y: Optional[np.ndarray] = None
+    truth: Optional[np.ndarray] = None  # clustering with a y_column: its values as indices
+    if task in algorithms.UNSUPERVISED:
+        if task == "clustering" and y_raw is not None:
+            truth = np.unique(y_raw.astype(str), return_inverse=True)[1].ravel()
+    elif task == "classification":
+        assert y_raw is not None and y_column is not None
         y, classes = encode_labels(y_raw, y_column)
         if len(classes) < 2:
             raise PgmlError(f'"{y_column.name}" has only one class ({classes[0]!r}) in {options.relation}',
                             hint="Classification needs at least two classes to tell apart.",
                             sqlstate=errors.DATA_EXCEPTION)
     else:
+        assert y_raw is not None and y_column is not None
         y = np.array(y_raw, dtype=np.float64)
         bad = int(np.count_nonzero(~np.isfinite(y)))
         if bad:
@@ -247,9 +291,9 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
 
     encoder = FeatureEncoder(_encoder_columns(columns), plan)
     # Target encoding learns from the training rows' y only, never the held-out rows'.
-    encoder.fit({name: values[train_idx] for name, values in data.items()}, y[train_idx],
+    encoder.fit({name: values[train_idx] for name, values in data.items()}, None if y is None else y[train_idx],
                 None if classes is None else [label_text(c) for c in classes])
-    check_matrix_size(encoder, n, training_budget(0) if budget is None else budget)
+    check_matrix_size(encoder, n, budget)
     # The columns in split order (training rows first), then one matrix of every row (the encoder
     # was fitted on the training rows only) whose two splits are views: at no point are there
     # more than two copies of the data, and the estimator fits on the matrix itself.
@@ -259,8 +303,10 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
     X = encoder.transform(data)
     data.clear()
     X_train, X_test = X[:len(train_idx)], X[len(train_idx):]
-    y_train, y_test = y[train_idx], y[test_idx]
-    if classes is not None and len(np.unique(y_train)) < 2:
+    y_train, y_test = (None, None) if y is None else (y[train_idx], y[test_idx])
+    truth_test = None if truth is None else truth[test_idx]
+    check_pairwise_size(algorithm, len(train_idx), budget)
+    if y_train is not None and classes is not None and len(np.unique(y_train)) < 2:
         raise PgmlError("the training split holds a single class", hint="Train on more rows, or lower test_size.",
                         sqlstate=errors.DATA_EXCEPTION)
 
@@ -268,8 +314,9 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
     found = None
     with _fit_errors(algorithm):
         if options.search:
-            found = search.search(algorithm, params, X_train, y_train, task, options.search,
-                                  options.search_params or {}, options.search_folds, options.n_iter)
+            # A clusterer ignores y, but the folds are made from one.
+            found = search.search(algorithm, params, X_train, np.zeros(len(X_train)) if y_train is None else y_train,
+                                  task, options.search, options.search_params or {}, options.search_folds, options.n_iter)
             params.update(found.best_params)
         estimator = algorithms.make_estimator(algorithm, params)
         if "copy_X" in estimator.get_params() and "copy_X" not in params:
@@ -282,9 +329,30 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
             warnings.simplefilter("ignore", FutureWarning)
             estimator.fit(X_train, y_train)
 
+    # scikit-learn only warns (in the server log) when affinity propagation does not converge, and
+    # then gives no clusters, or one per row.
+    if task == "clustering" and (metrics.cluster_count(estimator) == 0 or (
+            algorithm.name == "affinity_propagation" and estimator.n_iter_ >= estimator.max_iter)):
+        raise PgmlError(f"algorithm '{algorithm.name}' did not converge: it found no clusters it could keep",
+                        hint="Raise max_iter, or damping (up to 0.99), or change preference (lower: fewer "
+                        "clusters); or use kmeans.", sqlstate=errors.DATA_EXCEPTION)
+    if task == "decomposition" and estimator.n_components_ == 0:
+        raise PgmlError(f"algorithm '{algorithm.name}' kept no components",
+                        hint="Give n_components a whole number of at least 1, or the share of variance to keep "
+                        "(between 0 and 1), or leave it out to keep them all.")
     model = Model.fitted(options.model_id, task, columns, encoder, estimator, classes, made_with=versions.current())
-    measured = _evaluate(model, X_test, y_test, task, len(classes) if classes else None)
-    method, values = importance.feature_importance(estimator, X_test, y_test, task)
+    if task == "clustering":
+        measured = json_safe(metrics.clustering(X_test, estimator.predict(X_test), truth_test,
+                                                metrics.cluster_count(estimator)))
+    elif task == "decomposition":
+        measured = json_safe(metrics.decomposition(estimator))
+    else:
+        assert y_test is not None
+        measured = _evaluate(model, X_test, y_test, task, len(classes) if classes else None)
+    feature_importance = None
+    if y_test is not None:  # permutation importance needs a y to score against
+        method, values = importance.feature_importance(estimator, X_test, y_test, task)
+        feature_importance = {"method": method, "columns": importance.by_column(values, encoder.output_sources)}
     details = {
         "features": [
             {"name": c.name, "type": c.sql_type, "kind": c.kind, "preprocess": encoder.describe().get(c.name)}
@@ -297,11 +365,30 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
             **({"n_iter": options.n_iter} if options.search == "random" else {}),
             "args": options.search_args or None, "best_params": json_safe(found.best_params),
             "best_score": json_safe(found.best_score), "candidates": json_safe(found.candidates)},
-        "importance": {"method": method, "columns": importance.by_column(values, encoder.output_sources)},
+        "importance": feature_importance,
         "versions": model.made_with,
     }
     return TrainingResult(model, measured, len(train_idx), len(test_idx), time.monotonic() - started, details,
                           model_format.probe_rows(X_train))
+
+
+# Algorithms that hold matrices of every pair of training rows (float64), and how many:
+# affinity_propagation's similarities, responsibilities, availabilities and a work array.
+_PAIRWISE_MATRICES = {"affinity_propagation": 4}
+
+
+def check_pairwise_size(algorithm: algorithms.Algorithm, rows: int, budget: float) -> None:
+    """Refuses, before fitting, an algorithm whose memory grows with the square of the training
+    rows when they are too many for ``budget`` bytes."""
+    matrices = _PAIRWISE_MATRICES.get(algorithm.name)
+    if matrices is None or matrices * 8 * rows * rows <= budget:
+        return
+    fits = int(math.sqrt(budget / (matrices * 8)))
+    raise PgmlError(f"algorithm '{algorithm.name}' would need {_size(matrices * 8 * rows * rows)} for {rows:,} "
+                    f"training rows (it holds {matrices} matrices of every pair of rows), more than the "
+                    f"{_size(budget)} a training run may use (pgml.training_memory)", sqlstate=errors.OUT_OF_MEMORY,
+                    hint=f"Train it on a sample of at most about {fits:,} training rows (a view with TABLESAMPLE or "
+                    "LIMIT), or use kmeans, mini_batch_kmeans or birch, whose memory grows with the rows only.")
 
 
 def check_finite_features(columns: Sequence[FeatureColumn], data: Mapping[str, np.ndarray], relation: str) -> None:
@@ -470,16 +557,30 @@ def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> Trained
     y_column, columns = feature_columns(server, options.relation, options.y_column)
     # Checked first: a typo in an option, or a relation far too big, should not cost a full read.
     task, _, _ = prepare(options, y_column, columns)
+    if task in algorithms.UNSUPERVISED:
+        check_objects_support(server, task)
     check_estimated_size(estimated_rows(server, options.relation), columns, budget)
+    # y is read as text but for regression: class labels, or what clusters are compared with.
     data, y_raw = read_training_data(dsn, options.trained_by, options.relation, y_column,
-                                     task == "classification", columns)
+                                     task != "regression", columns)
     # A copy: the columns are views of one buffer, which train() frees by dropping them.
-    y_raw = np.array(y_raw)
+    y_raw = None if y_raw is None else np.array(y_raw)
     result = train(options, y_column, columns, data, y_raw, budget)
     model = model_format.dump(result.model, result.probe)
     peak = _peak_bytes() - resident
     return TrainedRun(result.model.task, model, result.metrics, result.train_rows, result.test_rows,
                       time.monotonic() - started, result.details, max(peak, 0))
+
+
+def check_objects_support(server: ServerConnection, task: str) -> None:
+    """Refuses a clustering or decomposition run in a database whose pgml_fdw objects predate those
+    tasks (0.5.0): the run would fail when its model is stored."""
+    rows = server.fetch("SELECT string_to_array(extversion, '.')::int[] >= '{0,5,0}' FROM pg_extension "
+                        "WHERE extname = 'pgml_fdw'")
+    if rows and rows[0][0] is False:
+        raise PgmlError(f"this database's pgml_fdw objects are older than its Python package and cannot store "
+                        f"{task} models", hint="Update them: ALTER EXTENSION pgml_fdw UPDATE (models are kept).",
+                        sqlstate=errors.FEATURE_NOT_SUPPORTED)
 
 
 def _reset_peak() -> int:

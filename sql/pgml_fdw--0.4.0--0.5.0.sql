@@ -4,6 +4,158 @@
 -- section below is one part of 0.5.0.
 \echo Use "ALTER EXTENSION pgml_fdw UPDATE TO '0.5.0'" to load this file. \quit
 
+-- ==== clustering ====
+-------------------------------------------------------------------------------------------------------
+-- Clustering and decomposition, PostgresML's unsupervised tasks: trained without y_column, every
+-- column of the relation a feature.
+--   SELECT pgml.train('customers', NULL, 'kmeans', hyperparams => '{"n_clusters": 4}');
+--   SELECT pgml.score('customers', '{"age": 31, "visits": 4}'::jsonb);       -- the cluster, 0 to 3
+--   SELECT pgml.train('pixels', NULL, 'pca', hyperparams => '{"n_components": 3}');
+--   SELECT pgml.decompose('pixels', ROW(...));                              -- double precision[]
+-- A clustering model predicts a cluster's number: prediction is the number, label the same as
+-- text (a cluster is a class without a name), probabilities those of gaussian_mixture. A
+-- decomposition model answers its components, an array, in the new column components of
+-- pgml.predictions and through pgml.decompose; asked for a prediction (pgml.score...), it says so.
+-------------------------------------------------------------------------------------------------------
+
+-- Versions of the new tasks, trained without a y column (for clustering, a y_column is optional:
+-- left out of the features, and compared with the clusters in the metrics). ALTER TABLE refuses a
+-- table with trigger events pending: changes to models earlier in this transaction (an update
+-- from 0.2.0 fills in their versions) publish now rather than at commit.
+SET CONSTRAINTS pgml.publish_changes IMMEDIATE;
+SET CONSTRAINTS pgml.publish_changes DEFERRED;
+ALTER TABLE pgml.model_versions ALTER COLUMN y_column DROP NOT NULL;
+ALTER TABLE pgml.model_versions DROP CONSTRAINT model_versions_task_check,
+    ADD CONSTRAINT model_versions_task_check
+        CHECK (task IN ('regression', 'classification', 'clustering', 'decomposition')),
+    ADD CONSTRAINT model_versions_y_column_check
+        CHECK (y_column IS NOT NULL OR task IN ('clustering', 'decomposition'));
+COMMENT ON COLUMN pgml.model_versions.y_column IS
+    'The column predicted; NULL for clustering and decomposition trained without one (a y_column given to clustering is not a feature: the metrics compare the clusters with it).';
+
+-- The metric that ranks a task's versions, higher being better for each (PostgresML's names):
+-- what auto-deploy and pgml.deploy(name, 'best_score') compare.
+CREATE FUNCTION pgml._key_metric(task text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE task WHEN 'regression' THEN 'r2' WHEN 'classification' THEN 'f1'
+                     WHEN 'clustering' THEN 'silhouette' WHEN 'decomposition' THEN 'cumulative_explained_variance' END
+$$;
+
+-- As 0.1.0's, but y_column may be NULL: the wrapper then trains clustering or decomposition (the
+-- task given, or the algorithm's: kmeans, pca...), or says that the task needs one.
+CREATE OR REPLACE FUNCTION pgml._identify_trainer() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    rel regclass;
+BEGIN
+    NEW.trained_by := current_user;
+    IF NEW.relation IS NULL THEN
+        RAISE EXCEPTION 'a training run needs a relation'
+            USING ERRCODE = '22023',
+                  HINT = 'INSERT INTO pgml.training_runs (relation, y_column) VALUES (''my_view'', ''column_to_predict'')';
+    END IF;
+    BEGIN
+        rel := to_regclass(NEW.relation);
+    EXCEPTION WHEN OTHERS THEN  -- a name that does not even parse
+        rel := NULL;
+    END;
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'relation "%" does not exist', NEW.relation
+            USING ERRCODE = '42P01',
+                  HINT = 'Name a table or view you can SELECT from, schema-qualified if it is not on your search_path.';
+    END IF;
+    -- Schema-qualified: the wrapper's connection, and the next trigger, have their own search_path.
+    SELECT format('%I.%I', n.nspname, c.relname) INTO NEW.relation
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
+    RETURN NEW;
+END
+$$;
+
+-- pgml._train: in the preprocessing section below, with the key metric of every task.
+
+-- As 0.2.0's, with the key metric of every task, and versions without y_column (NULL) counted as
+-- trained on the same data as each other.
+CREATE OR REPLACE FUNCTION pgml._choose_version(model_name text, strategy text) RETURNS integer
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    current record;
+    chosen integer;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pgml.model_versions m WHERE m.name = model_name) THEN
+        RAISE EXCEPTION 'no model named "%"', model_name
+            USING ERRCODE = '42704', HINT = 'List them: SELECT DISTINCT name FROM pgml.models.';
+    END IF;
+    SELECT * INTO current FROM pgml.deployed_models d WHERE d.name = model_name;
+    CASE strategy
+    WHEN 'most_recent' THEN
+        SELECT max(version) INTO chosen FROM pgml.model_versions m WHERE m.name = model_name;
+    WHEN 'best_score' THEN
+        SELECT m.version INTO chosen FROM pgml.model_versions m
+        WHERE m.name = model_name
+          AND (current IS NULL OR (m.task = current.task AND m.y_column IS NOT DISTINCT FROM current.y_column
+                                   AND m.relation = current.relation
+                                   AND pgml._feature_names(m.features) = pgml._feature_names(current.features)))
+        ORDER BY coalesce((m.metrics ->> pgml._key_metric(m.task))::float8,
+                          '-Infinity') DESC, m.version DESC
+        LIMIT 1;
+    WHEN 'rollback' THEN
+        SELECT d.version INTO chosen FROM pgml.deployments d
+        WHERE d.name = model_name AND d.version <> current.version
+        ORDER BY d.id DESC LIMIT 1;
+        IF chosen IS NULL THEN
+            RAISE EXCEPTION 'model "%" has no earlier deployment to roll back to', model_name
+                USING ERRCODE = '22023', HINT = 'Deploy a version by number: SELECT pgml.deploy(name, version).';
+        END IF;
+    ELSE
+        RAISE EXCEPTION 'unknown deployment strategy "%"', strategy
+            USING ERRCODE = '22023', HINT = 'Use best_score, most_recent or rollback, or give a version number.';
+    END CASE;
+    RETURN chosen;
+END
+$$;
+
+-- Predictions get a column for a decomposition's components: appended last, so that the view keeps
+-- its columns in place (a backend still running the 0.4.0 package leaves it NULL).
+ALTER FOREIGN TABLE pgml._predictions ADD COLUMN components double precision[];
+CREATE OR REPLACE VIEW pgml.predictions AS
+SELECT p.model, p.features,
+       CASE WHEN p.error IS NULL THEN p.prediction ELSE pgml._raise(p.error, p.prediction) END AS prediction,
+       CASE WHEN p.error IS NULL THEN p.label ELSE pgml._raise(p.error, p.label) END AS label,
+       CASE WHEN p.error IS NULL THEN p.probabilities ELSE pgml._raise(p.error, p.probabilities) END AS probabilities,
+       CASE WHEN p.error IS NULL THEN p.version ELSE pgml._raise(p.error, p.version) END AS version,
+       p.relation, p.key_column,
+       CASE WHEN p.error IS NULL THEN p.key ELSE pgml._raise(p.error, p.key) END AS key,
+       CASE WHEN p.error IS NULL THEN p.components ELSE pgml._raise(p.error, p.components) END AS components
+FROM pgml._predictions p
+WHERE p.context = (SELECT pgml._context()) AND pgml._check(p.error) = 0;
+
+-- A decomposition model's components for one row of features (as pgml.score takes them: a jsonb
+-- object or array, one value of any type, or a row):
+--   SELECT pgml.decompose('pixels', '{"p1": 0.5, "p2": 0.1}'::jsonb);
+--   SELECT id, pgml.decompose('pixels', ROW(p1, p2)) FROM images;
+-- For a whole table: SELECT key, components FROM pgml.predictions
+--                    WHERE model = 'pixels' AND relation = 'public.images' AND key_column = 'id'.
+CREATE FUNCTION pgml.decompose(model text, features jsonb) RETURNS double precision[]
+LANGUAGE plpgsql STABLE COST 10 SET plan_cache_mode = force_generic_plan SET jit = off AS $$
+DECLARE
+    ref text := pgml._reference(model);  -- once: as a condition of the query it would run twice
+    answer double precision[];
+BEGIN
+    SELECT p.components INTO answer
+    FROM pgml.predictions p WHERE p.model = ref AND p.features = decompose.features;
+    IF answer IS NULL THEN
+        RAISE EXCEPTION 'model "%" is not a decomposition model', model
+            USING ERRCODE = '22023',
+                  HINT = 'pgml.decompose answers for models trained with task decomposition (pca); use pgml.score(model, features) for a prediction.';
+    END IF;
+    RETURN answer;
+END
+$$;
+
+CREATE FUNCTION pgml.decompose(model text, features anyelement) RETURNS double precision[]
+LANGUAGE sql STABLE COST 10 AS $$ SELECT pgml.decompose(model, pgml._features(features)) $$;
+-- ==== end clustering ====
+
 -- ==== preprocessing ====
 -- PostgresML's preprocessing and training options (pgml_fdw/preprocessing.py, training.py and
 -- search.py): "encode" target and an explicit ordinal order, "impute" min, max, zero and error,
@@ -33,7 +185,8 @@ COMMENT ON COLUMN pgml.training_runs.search_args IS
 COMMENT ON COLUMN pgml.training_runs.test_sampling IS
     'random (default: a shuffle with seed 0, stratified by class), first or last: the first or last rows in the order the relation returns them (a view''s ORDER BY; a table''s physical order, which no query promises).';
 
--- 0.2.0's pgml._train, which also hands the wrapper search_args.
+-- 0.2.0's pgml._train, which also hands the wrapper search_args and takes the key metric of every
+-- task (pgml._key_metric, in the clustering section).
 CREATE OR REPLACE FUNCTION pgml._train() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -131,7 +284,7 @@ BEGIN
     -- feature columns changed: the retrain is what the user means now); or one that beats the
     -- deployed version's key metric on the same data.
     SELECT v.* INTO current FROM pgml.deployed_models v WHERE v.name = NEW.name;
-    key_metric := CASE NEW.task WHEN 'regression' THEN 'r2' ELSE 'f1' END;
+    key_metric := pgml._key_metric(NEW.task);
     IF current IS NULL
        OR current.relation IS DISTINCT FROM NEW.relation OR current.y_column IS DISTINCT FROM NEW.y_column
        OR current.task IS DISTINCT FROM NEW.task

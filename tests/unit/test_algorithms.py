@@ -42,6 +42,14 @@ EXPECTED_TASKS = {
     "ada_boost": BOTH,
     "bagging": BOTH,
     "mlp": BOTH,
+    "kmeans": {"clustering"},
+    "mini_batch_kmeans": {"clustering"},
+    "bisecting_kmeans": {"clustering"},
+    "birch": {"clustering"},
+    "mean_shift": {"clustering"},
+    "affinity_propagation": {"clustering"},
+    "gaussian_mixture": {"clustering"},
+    "pca": {"decomposition"},
 }
 NO_PROBA = {"ridge", "linear_svm"}
 
@@ -49,7 +57,8 @@ X_REG, Y_REG = make_regression(n_samples=40, n_features=4, noise=1.0, random_sta
 X_CLF, Y_CLF = make_classification(
     n_samples=60, n_features=4, n_informative=3, n_redundant=0, n_classes=3, random_state=0
 )
-DATA = {"regression": (X_REG, Y_REG), "classification": (X_CLF, Y_CLF)}
+DATA = {"regression": (X_REG, Y_REG), "classification": (X_CLF, Y_CLF), "clustering": (X_CLF, None),
+        "decomposition": (X_CLF, None)}
 
 
 def _ids(algorithm):
@@ -79,7 +88,10 @@ def test_every_entry_builds_fits_and_predicts(algorithm):
         if algorithm.name != "mlp":
             warnings.simplefilter("error", ConvergenceWarning)
         estimator.fit(X, y)
-    assert estimator.predict(X).shape == (len(y),)
+    if algorithm.task == "decomposition":
+        assert estimator.transform(X).shape == (len(X), 4)
+    else:
+        assert estimator.predict(X).shape == (len(X),)
     if algorithm.task == "classification":
         assert hasattr(estimator, "predict_proba") == (algorithm.name not in NO_PROBA)
         if algorithm.name not in NO_PROBA:
@@ -132,9 +144,9 @@ def test_algorithm_without_the_task_names_supported_tasks():
 
 def test_unknown_task():
     with pytest.raises(PgmlError) as info:
-        lookup("linear", "clustering")
-    assert "clustering" in info.value.message
-    assert "regression, classification" in info.value.hint
+        lookup("linear", "ranking")
+    assert "ranking" in info.value.message
+    assert "regression, classification, clustering, decomposition" in info.value.hint
 
 
 def test_hyperparams_override_defaults():

@@ -12,7 +12,8 @@ from pgml_fdw.metrics import KEY_METRIC, evaluate
 
 
 def test_key_metrics():
-    assert KEY_METRIC == {"regression": "r2", "classification": "f1"}
+    assert KEY_METRIC == {"regression": "r2", "classification": "f1", "clustering": "silhouette",
+                          "decomposition": "cumulative_explained_variance"}
 
 
 def test_regression_metrics():
