@@ -125,7 +125,8 @@ def _format(task: str, encoder: Dict[str, Any]) -> int:
     """The oldest format that stores this model: 3 for clustering and decomposition, and for an
     encoder with a step format 2 lacks (a number column encoded as categories among them: a format
     2 reader would miss its NULL category)."""
-    newer = (task in ("clustering", "decomposition") or "tables" in encoder or "required" in encoder or any(len(p) > 4 for p in encoder["plan"].values())
+    newer = (task in ("clustering", "decomposition") or "tables" in encoder or "required" in encoder
+             or any(len(p) > 4 for p in encoder["plan"].values())
              or any(encoder["columns"][text[0]][1] == "number" for text in encoder["texts"]))
     return 3 if newer else 2
 

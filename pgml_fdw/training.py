@@ -316,7 +316,8 @@ def train(options: TrainingOptions, y_column: Optional[FeatureColumn], columns: 
         if options.search:
             # A clusterer ignores y, but the folds are made from one.
             found = search.search(algorithm, params, X_train, np.zeros(len(X_train)) if y_train is None else y_train,
-                                  task, options.search, options.search_params or {}, options.search_folds, options.n_iter)
+                                  task, options.search, options.search_params or {}, options.search_folds,
+                                  options.n_iter)
             params.update(found.best_params)
         estimator = algorithms.make_estimator(algorithm, params)
         if "copy_X" in estimator.get_params() and "copy_X" not in params:
