@@ -95,7 +95,7 @@ def dump(model: Model, probe: Any) -> bytes:
         "versions": versions.current(),
         "model_id": model.model_id,
         "task": model.task,
-        "columns": [[c.name, c.sql_type, c.kind, c.base_type] for c in model.columns],
+        "columns": [c.to_data() for c in model.columns],
         "classes": model.classes,
         "known": model.known,
         "has_proba": model.has_proba,
