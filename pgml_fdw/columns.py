@@ -315,9 +315,12 @@ _REAL = struct.Struct("f")
 def as_real(number: float) -> float:
     """A number as a real (float4) column holds it: rounded to single precision, then read as
     float8, which is what training read from the column. ``0.1`` in JSON is 0.1 in double
-    precision, while the real column held 0.10000000149011612. Raises OverflowError beyond real's
-    range."""
-    return _REAL.unpack(_REAL.pack(number))[0]
+    precision, while the real column held 0.10000000149011612. Raises OverflowError for a finite
+    number beyond real's range, which PostgreSQL refuses too."""
+    rounded: float = _REAL.unpack(_REAL.pack(number))[0]
+    if math.isinf(rounded) and not math.isinf(number):
+        raise OverflowError(f"{number!r} is out of range for type real")
+    return rounded
 
 
 _EXPECTED = {

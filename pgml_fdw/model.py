@@ -192,9 +192,10 @@ class Model:
                 )
             ordered = [features[c.name] for c in self.columns]
         elif isinstance(features, list):
-            if (self._arrays and len(features) == len(self._groups)
-                    and any(width is not None and isinstance(features[g], list)
-                            for g, (_, _, width) in enumerate(self._groups))):
+            if self._arrays and len(features) == len(self._groups) and (
+                    len(features) != len(self.columns)
+                    or any(width is not None and isinstance(features[g], list)
+                           for g, (_, _, width) in enumerate(self._groups))):
                 features = self._expand_list(features)
             if len(features) != len(self.columns):
                 raise PgmlError(
