@@ -447,13 +447,24 @@ BEGIN
 END
 $$;
 
+-- What pgml._model_of says, in the caller's query: a SQL function PostgreSQL inlines, reading the
+-- project's model directly (SELECT on pgml.project_names' name and model is PUBLIC's, as model names
+-- are anyone's to learn: README, Limitations), which saves a prediction the cost of calling a
+-- SECURITY DEFINER function; pgml._model_of only raises the error of a name that is neither.
+CREATE FUNCTION pgml._served_model(project text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN pgml._is_model_name(project) THEN project
+                ELSE coalesce((SELECT p.model FROM pgml.project_names p WHERE p.name = project), pgml._model_of(project))
+           END
+$$;
+
 -- The prediction for one row of features, as PostgresML returns it: a real (the class, for a
 -- classification whose classes are numbers or booleans).
 CREATE FUNCTION pgml._predict(project text, features jsonb) RETURNS real
 LANGUAGE plpgsql STABLE COST 10 SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 DECLARE
     -- once: as a condition of the query it would run twice
-    ref text := pgml._reference(CASE WHEN pgml._is_model_name(project) THEN project ELSE pgml._model_of(project) END);
+    ref text := pgml._reference(pgml._served_model(project));
     answer record;
 BEGIN
     SELECT p.prediction, p.label INTO answer
@@ -506,7 +517,7 @@ $$;
 CREATE FUNCTION pgml._predict_proba(project text, features jsonb) RETURNS real[]
 LANGUAGE plpgsql STABLE COST 10 SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 DECLARE
-    ref text := pgml._reference(CASE WHEN pgml._is_model_name(project) THEN project ELSE pgml._model_of(project) END);
+    ref text := pgml._reference(pgml._served_model(project));
     answer record;
 BEGIN
     SELECT p.label, p.probabilities, p.version INTO answer
@@ -751,6 +762,7 @@ $$;
 -- check their own; the views are granted as pgml.models is, by an administrator.
 -------------------------------------------------------------------------------------------------------
 GRANT INSERT, SELECT ON pgml._requests TO PUBLIC;
+GRANT SELECT (name, model) ON pgml.project_names TO PUBLIC;  -- pgml._served_model, in predictions
 REVOKE ALL ON FUNCTION pgml._identify_requester(), pgml._handle_request(), pgml._record_project(jsonb, name),
     pgml._load_dataset(jsonb, name) FROM PUBLIC;
 -- ==== end postgresml ====

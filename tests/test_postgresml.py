@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.metrics import f1_score, r2_score
 from sklearn.model_selection import train_test_split
@@ -179,7 +181,9 @@ def test_regression_walkthrough(db: Session, loaded: None, project: str) -> None
                                  ("ridge", make_pipeline(StandardScaler(), Ridge(random_state=0))),
                                  ("random_forest", RandomForestRegressor(n_estimators=5, random_state=0)),
                                  ("svm", make_pipeline(StandardScaler(), SVR(max_iter=100)))]:
-        fitted = clone(estimator).fit(X[train], y[train])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter 100, as regression.sql trains it
+            fitted = clone(estimator).fit(X[train], y[train])
         expected = r2_score(y[test], fitted.predict(X[test]))
         assert _metrics(db, versions[algorithm])["r2"] == pytest.approx(expected, abs=1e-9), algorithm
 
@@ -197,7 +201,9 @@ def test_regression_walkthrough(db: Session, loaded: None, project: str) -> None
 
     # The predictions on the loaded rows are the deployed model's, as PostgresML returns them (real).
     served = db.rows(f"SELECT pgml.predict(%s, ARRAY[{DIABETES}]) FROM pgml.diabetes", (name,))
-    svm = make_pipeline(StandardScaler(), SVR(max_iter=100)).fit(X[train], y[train])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        svm = make_pipeline(StandardScaler(), SVR(max_iter=100)).fit(X[train], y[train])
     assert np.allclose([p for (p,) in served], np.float32(svm.predict(X)), rtol=1e-6, atol=1e-4)
     as_row = db.one(f"SELECT pgml.predict(%s, ({DIABETES})) FROM pgml.diabetes LIMIT 1", (name,))
     assert as_row == served[0][0]
@@ -273,6 +279,29 @@ def test_binary_classification_walkthrough(db: Session, loaded: None, project: s
     assert accuracy > 0.95
     # false before true: the second probability is malignant's.
     assert all((proba[1] > 0.5) == (p == 1.0) and sum(proba) == pytest.approx(1, abs=1e-5) for _, p, proba in rows)
+
+
+def test_gradient_boosting_steps_of_the_walkthroughs(db: Session, loaded: None, project: str) -> None:
+    """The walkthroughs' xgboost and lightgbm lines, when this build has those algorithms."""
+    available = {a for (a,) in db.rows("SELECT DISTINCT name FROM pgml.algorithms "
+                                       "WHERE name IN ('xgboost', 'lightgbm')")}
+    if not available:
+        pytest.skip("pgml.algorithms has neither xgboost nor lightgbm in this build")
+    name = f"Diabetes Boosting {project}"
+    db.one("SELECT * FROM pgml.train(%s, 'regression', 'pgml.diabetes', 'target')", (name,))
+    for algorithm in sorted(available):
+        model_id = db.one("SELECT * FROM pgml.train(%s, 'regression', 'pgml.diabetes', 'target', %s, "
+                          "'{\"n_estimators\": 10}')", (name, algorithm))
+        assert db.one("SELECT algorithm FROM pgml.models WHERE id = %s", (model_id,)) == algorithm
+        assert db.one("SELECT * FROM pgml.deploy(%s, 'best_score', %s)", (name, algorithm)) == (
+            name, "best_score", algorithm)
+        served = db.one(f"SELECT pgml.predict(%s, ARRAY[{DIABETES}]) FROM pgml.diabetes LIMIT 1", (name,))
+        assert math.isfinite(served)
+    digits = f"Handwritten Digits Boosting {project}"
+    db.one("SELECT * FROM pgml.train(%s, 'classification', 'pgml.digits', 'target', %s, '{\"n_estimators\": 10}')",
+           (digits, sorted(available)[0]))
+    rows = db.rows("SELECT target, pgml.predict(%s, image) FROM pgml.digits LIMIT 100", (digits,))
+    assert sum(float(t) == p for t, p in rows) >= 80
 
 
 def test_clustering_walkthrough(db: Session, loaded: None, project: str) -> None:
