@@ -190,6 +190,9 @@ DECLARE
     given pgml.project_names := jsonb_populate_record(NULL::pgml.project_names, arguments);
     current pgml.project_names;
 BEGIN
+    IF pgml._owner(given.model) IS NULL THEN
+        RAISE EXCEPTION 'no model named "%"', given.model USING ERRCODE = '42704';
+    END IF;
     IF NOT pgml._may_manage(given.model, requester) THEN
         RAISE EXCEPTION 'permission denied to record project "%": its model "%" belongs to role %',
                         given.name, given.model, pgml._owner(given.model)
@@ -227,7 +230,7 @@ $$;
 CREATE FUNCTION pgml._search_folds(search_args jsonb) RETURNS integer
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    other text := (SELECT string_agg(k, ', ') FROM jsonb_object_keys(search_args) k WHERE k <> 'cv');
+    other text;
 BEGIN
     IF search_args IS NULL THEN
         RETURN NULL;
@@ -236,11 +239,12 @@ BEGIN
         RAISE EXCEPTION 'search_args must be a JSON object, not %', search_args
             USING ERRCODE = '22023', HINT = 'For example: search_args => ''{"cv": 5}''.';
     END IF;
+    other := (SELECT string_agg(k, ', ') FROM jsonb_object_keys(search_args) k WHERE k <> 'cv');
     IF other IS NOT NULL THEN
         RAISE EXCEPTION 'search_args % not supported: pgml_fdw''s search takes cv (its folds)', other
             USING ERRCODE = '0A000', HINT = 'Leave the other keys out, for example search_args => ''{"cv": 5}''.';
     END IF;
-    IF jsonb_typeof(search_args -> 'cv') NOT IN ('number') THEN
+    IF jsonb_typeof(search_args -> 'cv') <> 'number' THEN
         RAISE EXCEPTION 'search_args cv must be a number of folds, not %', search_args -> 'cv'
             USING ERRCODE = '22023', HINT = 'For example: search_args => ''{"cv": 5}''.';
     END IF;
@@ -256,7 +260,7 @@ CREATE FUNCTION pgml._train_project(
     hyperparams jsonb, search text, search_params jsonb, search_folds integer, test_size double precision,
     test_sampling text, runtime text, automatic_deploy boolean, materialize_snapshot boolean, preprocess jsonb)
 RETURNS TABLE (model_id text, project_name text, task text, algorithm text, deployed boolean)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$  -- with the caller's search_path, which names relation_name
 DECLARE
     current pgml.project_names;
     model text;
@@ -341,6 +345,7 @@ BEGIN
     RETURN QUERY SELECT new_id, project, run_task, run_algorithm, pgml._find(model) = pgml._find(new_id);
 END
 $$;
+
 -- PostgresML's pgml.train. Its row: the project, its task, the algorithm trained and whether the new
 -- version was deployed. A call naming an argument only PostgresML has (relation_name, y_column_name,
 -- search_args, automatic_deploy...), or writing the task as pgml.task, reaches it; one with plain

@@ -406,6 +406,16 @@ def test_pgml_fdws_own_calls_keep_their_meaning(db: Session, name: str) -> None:
     assert db.error("SELECT pgml.score(%s, '{\"x\": 3}')", (name,)).pgcode == "42725"
 
 
+def test_a_relation_is_found_on_the_callers_search_path(db: Session, project: str) -> None:
+    make_table(db, "pgml_pm_line", "x float8, y float8", [(float(i), 3.0 * i + 1) for i in range(60)])
+    name = f"Line {project}"
+    assert db.one("SELECT * FROM pgml.train(%s, 'regression', 'pgml_pm_line', 'y')", (name,)).endswith("_1")
+    assert db.one("SELECT * FROM pgml.train(%s, relation_name => 'pgml_pm_line', y_column_name => 'y')",
+                  (name,))[:3] == (name, "regression", "linear")
+    assert db.one("SELECT relation FROM pgml.projects WHERE name = %s", (name,)) == "public.pgml_pm_line"
+    assert db.one("SELECT pgml.predict(%s, ARRAY[2.0])", (name,)) == pytest.approx(7, rel=1e-5)
+
+
 def test_retraining_a_project_reuses_its_training_data(db: Session, loaded: None, project: str) -> None:
     name = f"Reuse {project}"
     db.one("SELECT * FROM pgml.train(%s, 'regression', 'pgml.diabetes', 'target', test_size => 0.5, "
