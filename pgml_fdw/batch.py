@@ -19,8 +19,8 @@ def _fields(server: ServerConnection, model: Model, relation: str,
     """The columns to read and their wire types: the model's features, then the key column, if
     any. Integer keys travel as int8 (the all-numbers fast path of :func:`loading.parse_binary_copy`),
     any other key as text."""
-    types = {name: base for name, _, base, _ in relation_columns(server, relation)}
-    missing = [c.name for c in model.columns if c.name not in types]
+    types = {c.name: c.base for c in relation_columns(server, relation)}
+    missing = list(dict.fromkeys(c.column for c in model.columns if c.column not in types))
     if missing:
         raise PgmlError(f"{relation} lacks the features {', '.join(missing)} of model {model.model_id}",
                         hint="Score a relation with the same columns as the one the model was trained on.",

@@ -14,6 +14,11 @@ time         time, timetz                                seconds since midnight
 text         text, varchar, char, name, enums            a category (encoded later)
 ===========  ==========================================  ================================
 
+An array column of any of these kinds but text (``smallint[]``, ``float8[]``, ``boolean[]``...) is
+as many features as its arrays have elements, named ``column[1]``, ``column[2]``... after
+PostgreSQL's subscripts: every array of the column must be flat (one dimension, subscripts from 1)
+and have that many elements; a NULL array, like a NULL element, is a NULL of each of its features.
+
 Training reads every column through :func:`load_expression`, so the database does the conversion;
 scoring converts the JSON values a query gives with :func:`to_number`, which agrees with it.
 """
@@ -22,7 +27,8 @@ from __future__ import annotations
 import math
 import re
 import reprlib
-from typing import Any, Optional
+import struct
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import PgmlError
 
@@ -49,18 +55,25 @@ _BY_CATEGORY = {"N": "number", "E": "text", "S": "text"}
 
 
 class FeatureColumn:
-    """A column of the training relation: its name, its declared type, its kind and its base type
-    (the declared type with domains resolved). A plain class, not a dataclass: serving a model
-    loads this module, and a new connection should not pay for importing dataclasses."""
+    """A feature of the training relation: its name, its declared type, its kind and its base type
+    (the declared type with domains resolved). A feature is a column, or one element of an array
+    column: then ``array`` is (the column's name, the element's subscript, from 1), the name is
+    ``column[subscript]`` and the types are the element's. A plain class, not a dataclass: serving
+    a model loads this module, and a new connection should not pay for importing dataclasses."""
 
-    def __init__(self, name: str, sql_type: str, kind: str, base_type: str = "") -> None:
+    # Also what a FeatureColumn pickled by pgml_fdw 0.2 (a whole model pickled) reads as.
+    array: Optional[Tuple[str, int]] = None
+
+    def __init__(self, name: str, sql_type: str, kind: str, base_type: str = "",
+                 array: Optional[Sequence[Any]] = None) -> None:
         self.name = name
         self.sql_type = sql_type
         self.kind = kind
         self.base_type = base_type
+        self.array: Optional[Tuple[str, int]] = None if array is None else (str(array[0]), int(array[1]))
 
     def _fields(self) -> tuple:
-        return (self.name, self.sql_type, self.kind, self.base_type)
+        return (self.name, self.sql_type, self.kind, self.base_type, self.array)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FeatureColumn) and self._fields() == other._fields()
@@ -69,17 +82,96 @@ class FeatureColumn:
         return hash(self._fields())
 
     def __repr__(self) -> str:
-        return "FeatureColumn(name={!r}, sql_type={!r}, kind={!r}, base_type={!r})".format(*self._fields())
+        return "FeatureColumn(name={!r}, sql_type={!r}, kind={!r}, base_type={!r}, array={!r})".format(
+            *self._fields())
 
     @property
     def is_text(self) -> bool:
         return self.kind == "text"
 
+    @property
+    def column(self) -> str:
+        """The relation's column this feature is read from: its own name, or its array's."""
+        return self.name if self.array is None else self.array[0]
+
+    def reference(self) -> str:
+        """The SQL expression that reads this feature from a row of the relation: the quoted
+        column, or its element (``("image")[3]``)."""
+        quoted = identifier(self.column)
+        return quoted if self.array is None else f"({quoted})[{self.array[1]}]"
+
+    def to_data(self) -> List[Any]:
+        """The feature as plain JSON data (model_format stores it so); ``FeatureColumn(*data)``
+        makes it again. A scalar column's data is what pgml_fdw 0.4 stored."""
+        data: List[Any] = [self.name, self.sql_type, self.kind, self.base_type]
+        return data if self.array is None else data + [list(self.array)]
+
+
+def identifier(name: str) -> str:
+    """A column name quoted as a SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def element_name(column: str, subscript: int) -> str:
+    """The feature name of an array column's element: ``image[3]``."""
+    return f"{column}[{subscript}]"
+
+
+def array_elements(name: str, element_type: str, kind: str, base_type: str, width: int) -> List[FeatureColumn]:
+    """The features of an array column whose arrays have ``width`` elements of the given type."""
+    return [FeatureColumn(element_name(name, k), element_type, kind, base_type, (name, k)) for k in range(1, width + 1)]
+
+
+def expand_preprocess(options: Any, features: Sequence[FeatureColumn]) -> Any:
+    """The ``preprocess`` option with an array column's entry given to each of its elements (an
+    element's own entry, ``"image[3]": {...}``, wins). Anything but an object is returned as it is,
+    for the preprocessing to refuse."""
+    if not isinstance(options, dict):
+        return options
+    names = {f.name for f in features}
+    elements: Dict[str, List[str]] = {}
+    for f in features:
+        if f.array is not None:
+            elements.setdefault(f.array[0], []).append(f.name)
+    expanded: Dict[str, Any] = {}
+    for key, value in options.items():
+        if key in elements and key not in names:
+            for element in elements[key]:
+                expanded.setdefault(element, value)
+        else:
+            expanded[key] = value
+    expanded.update((k, v) for k, v in options.items() if k in names)
+    return expanded
+
+
+class ArraySource:
+    """An array column and where its elements are among a model's features: ``first`` is the
+    position of element 1, ``width`` the number of elements."""
+
+    def __init__(self, name: str, first: int, width: int) -> None:
+        self.name = name
+        self.first = first
+        self.width = width
+
+
+def array_sources(features: Sequence[FeatureColumn]) -> List[ArraySource]:
+    """The array columns among a model's features, in order (their elements are consecutive)."""
+    sources: List[ArraySource] = []
+    for position, feature in enumerate(features):
+        if feature.array is None:
+            continue
+        if sources and sources[-1].name == feature.array[0]:
+            sources[-1].width += 1
+        else:
+            sources.append(ArraySource(feature.array[0], position, 1))
+    return sources
+
 
 def kind_of(base_type: str, category: str) -> Optional[str]:
     """The kind of a column whose base type (domains resolved) and type category are given.
 
-    None means the type cannot be a feature (json, arrays, geometric types, ...).
+    None means the type cannot be a feature by itself (json, arrays, geometric types, ...): an
+    array column is its elements, each of its element type's kind (see :mod:`loading`).
     """
     return _BY_TYPE.get(base_type) or _BY_CATEGORY.get(category)
 
@@ -182,7 +274,13 @@ def to_number(value: Any, column: FeatureColumn) -> float:
         return math.nan
     number = _number(value, column.kind)
     if number is not None and math.isfinite(number):
-        return number
+        if column.base_type == "float4":
+            try:
+                return as_real(number)
+            except OverflowError:
+                pass  # beyond real's range: PostgreSQL would refuse it too
+        else:
+            return number
     raise PgmlError(
         f"feature \"{column.name}\" ({column.sql_type}) cannot take the value {reprlib.repr(value)}",
         hint=_EXPECTED[column.kind],
@@ -209,6 +307,20 @@ def _number(value: Any, kind: str) -> Optional[float]:
     except (ValueError, OverflowError):  # OverflowError: an integer beyond float range
         pass
     return None
+
+
+_REAL = struct.Struct("f")
+
+
+def as_real(number: float) -> float:
+    """A number as a real (float4) column holds it: rounded to single precision, then read as
+    float8, which is what training read from the column. ``0.1`` in JSON is 0.1 in double
+    precision, while the real column held 0.10000000149011612. Raises OverflowError for a finite
+    number beyond real's range, which PostgreSQL refuses too."""
+    rounded: float = _REAL.unpack(_REAL.pack(number))[0]
+    if math.isinf(rounded) and not math.isinf(number):
+        raise OverflowError(f"{number!r} is out of range for type real")
+    return rounded
 
 
 _EXPECTED = {

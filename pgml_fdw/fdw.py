@@ -202,6 +202,30 @@ class Algorithms(_Table):
             }
 
 
+class Datasets(_Table):
+    """pgml._datasets: WHERE name = ... gives one row, the columns and rows of one of the datasets
+    scikit-learn ships (:mod:`datasets`), from which pgml.load_dataset makes a table."""
+
+    def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
+        from .isolation import Interrupted
+
+        name = _equalities(quals).get("name")
+        try:
+            if name is None:
+                raise PgmlError("pgml._datasets needs WHERE name = ...",
+                                hint="Load a dataset with pgml.load_dataset(name).")
+            from .datasets import as_table
+
+            table = as_table(name)
+            yield {"name": name, "columns": _json_text(table["columns"]), "rows": _json_text(table["rows"])}
+        except Interrupted:
+            # PostgreSQL raises its own cancel or termination error when pgml.load_dataset checks this row.
+            yield {"name": name, "error": PgmlError("canceling statement: loading the dataset was stopped",
+                                                    sqlstate=errors.QUERY_CANCELED).as_json()}
+        except Exception as exc:  # noqa: BLE001 - handed back to pgml.load_dataset, which raises it
+            yield {"name": name, "error": as_user_error(exc).as_json()}
+
+
 class Expressions(_Table):
     """pgml._expressions: WHERE model = uid gives the model's prediction as a SQL expression over
     its feature columns, or NULL when it has none (:mod:`sql_form`)."""
@@ -444,6 +468,7 @@ _HANDLERS: Dict[str, Callable[[Dict[str, str], List[str]], _Table]] = {
     "expressions": Expressions,
     "explanations": Explanations,
     "trained_estimators": TrainedEstimators,
+    "datasets": Datasets,
     # 0.1.0's deployment trigger scans it; ALTER EXTENSION pgml_fdw UPDATE drops it.
     "model_cache": _Table,
 }

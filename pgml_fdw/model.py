@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .columns import FeatureColumn, to_number, to_text
+from .columns import FeatureColumn, array_sources, as_real, to_number, to_text
 from . import errors
 from .errors import PgmlError
 from .row_encoder import RowEncoder
@@ -64,6 +64,17 @@ class Model:
         self._positions = {c.name: i for i, c in enumerate(self.columns)}
         self._names = [c.name for c in self.columns]
         self._all_numbers = all(c.kind == "number" for c in self.columns)
+        # The relation's columns, in order: (name, first feature, its array's width or None for a
+        # scalar); a query may give an array column's value as one JSON array.
+        self._arrays = {a.name: a for a in array_sources(self.columns)}
+        self._groups: List[Tuple[str, int, Optional[int]]] = []
+        for i, c in enumerate(self.columns):
+            if c.array is None:
+                self._groups.append((c.name, i, None))
+            elif c.array[1] == 1:
+                self._groups.append((c.array[0], i, self._arrays[c.array[0]].width))
+        # Features of real (float4) columns: a value given in JSON is rounded as the column holds it.
+        self._reals = [i for i, c in enumerate(self.columns) if c.base_type == "float4"]
         self._row = RowEncoder.from_data(encoder) if isinstance(encoder, Mapping) else encoder.row_encoder()
         if classes is not None:
             self.labels = [label_text(c) for c in classes]
@@ -133,8 +144,10 @@ class Model:
     # -- one row -----------------------------------------------------------------------------------
 
     def row_values(self, features: Any) -> List[Any]:
-        """The JSON features (an object by column name, or an array in training order) as the raw
-        values training saw: numbers (NaN for null) for numeric kinds, str or None for text."""
+        """The JSON features as the raw values training saw: numbers (NaN for null) for numeric
+        kinds, str or None for text. ``features`` is an object by feature name, or an array of the
+        features in training order; an array column's value may be given as one JSON array, by its
+        column's name in an object, or in its column's place in an array of the relation's columns."""
         if isinstance(features, str):
             try:
                 features = json.loads(features)
@@ -156,15 +169,20 @@ class Model:
                 ordered = features
             if ordered is not None and all(type(v) in _PLAIN_NUMBERS for v in ordered):
                 try:
-                    return [float(v) for v in ordered]
+                    values = [float(v) for v in ordered]
+                    for i in self._reals:
+                        values[i] = as_real(values[i])
+                    return values
                 except OverflowError:
-                    pass  # an integer beyond float range: the checked path says which feature
+                    pass  # beyond float (or real) range: the checked path says which feature
         if isinstance(features, Mapping):
+            if self._arrays:
+                features = self._expand_object(features)
             unknown = [k for k in features if k not in self._positions]
             if unknown:
                 raise PgmlError(
                     f"model {self.model_id} has no feature {', '.join(map(repr, unknown))}",
-                    hint=f"Its features are: {', '.join(c.name for c in self.columns)}.",
+                    hint=f"Its features are: {self._describe_columns()}.",
                 )
             missing = [c.name for c in self.columns if c.name not in features]
             if missing:
@@ -174,6 +192,11 @@ class Model:
                 )
             ordered = [features[c.name] for c in self.columns]
         elif isinstance(features, list):
+            if self._arrays and len(features) == len(self._groups) and (
+                    len(features) != len(self.columns)
+                    or any(width is not None and isinstance(features[g], list)
+                           for g, (_, _, width) in enumerate(self._groups))):
+                features = self._expand_list(features)
             if len(features) != len(self.columns):
                 raise PgmlError(
                     f"model {self.model_id} takes {len(self.columns)} features, not {len(features)}",
@@ -185,11 +208,58 @@ class Model:
                             hint=self._shape_hint())
         return [to_text(v, c) if c.is_text else to_number(v, c) for v, c in zip(ordered, self.columns)]
 
+    def _elements(self, name: str, value: Any) -> List[Any]:
+        """The values of an array column's elements, given as one JSON array (or null)."""
+        width = self._arrays[name].width
+        if value is None:
+            return [None] * width
+        if not isinstance(value, list) or len(value) != width:
+            given = f"{len(value)} values" if isinstance(value, list) else json.dumps(value)
+            raise PgmlError(f'feature "{name}" of model {self.model_id} takes an array of {width} values, not {given}',
+                            hint=f"Give the array of {width} elements it was trained on (null for an unknown "
+                            "element, or for the whole array).")
+        return value
+
+    def _expand_object(self, features: Mapping[str, Any]) -> Dict[str, Any]:
+        """An object by column name with an array column's value as one array: by feature name."""
+        expanded: Dict[str, Any] = {}
+        for key, value in features.items():
+            if key in self._arrays and key not in self._positions:
+                first = self._arrays[key].first
+                names = self._names[first:first + self._arrays[key].width]
+                both = [n for n in names if n in features]
+                if both:
+                    raise PgmlError(f'features gives both "{key}" and its elements {", ".join(both)}',
+                                    hint=f'Give "{key}" as one array, or its elements one by one, not both.')
+                expanded.update(zip(names, self._elements(key, value)))
+            else:
+                expanded[key] = value
+        return expanded
+
+    def _expand_list(self, features: List[Any]) -> List[Any]:
+        """An array of the relation's columns, an array column's value as one array: of features."""
+        expanded: List[Any] = []
+        for (name, _, width), value in zip(self._groups, features):
+            if width is None:
+                expanded.append(value)
+            else:
+                expanded.extend(self._elements(name, value))
+        return expanded
+
+    def _describe_columns(self) -> str:
+        return ", ".join(name if width is None else f"{name} (an array of {width})" for name, _, width in self._groups)
+
     def _shape_hint(self) -> str:
-        example = ", ".join(f'"{c.name}": ...' for c in self.columns[:4])
-        more = ", ..." if len(self.columns) > 4 else ""
-        return (f"Pass an object keyed by feature name, '{{{example}{more}}}', or an array of "
-                f"{len(self.columns)} values in this order: {', '.join(c.name for c in self.columns)}.")
+        def example(name: str, width: Optional[int]) -> str:
+            return f'"{name}": ...' if width is None else f'"{name}": [{width} values]'
+
+        shown = ", ".join(example(name, width) for name, _, width in self._groups[:4])
+        more = ", ..." if len(self._groups) > 4 else ""
+        hint = (f"Pass an object keyed by feature name, '{{{shown}{more}}}', or an array of "
+                f"{len(self.columns)} values in this order: ")
+        if not self._arrays:
+            return hint + ", ".join(c.name for c in self.columns) + "."
+        return hint + self._describe_columns() + ", the arrays' elements in place of each."
 
     def predict_row(self, features: Any) -> Prediction:
         """(prediction, label, probabilities) for one row of JSON features. A clustering model's

@@ -38,8 +38,8 @@ MAGIC = b"PGMLFDW\n"
 # The layout; a reader refuses a format newer than its own. 1: no fast path arrays; 3: what a
 # format 2 reader would get wrong, written only by the models that need it: preprocessing format 2
 # lacks (target encoding, scaled or explicitly ordered categories, numbers encoded as categories,
-# impute "error"), and clustering and decomposition models (an older pgml_fdw then says it is too
-# old instead of answering wrongly).
+# impute "error"), array features, and clustering and decomposition models (an older pgml_fdw then
+# says it is too old instead of answering wrongly).
 FORMAT = 3
 _LENGTH = struct.Struct(">I")
 PROBE_ROWS = 8
@@ -100,12 +100,13 @@ def dump(model: Model, probe: Any) -> bytes:
     meta, arrays = predictor.to_data() if predictor is not None else (None, {})
     stored = [(name, values.typecode, single_row.array_bytes(values)) for name, values in arrays.items()]
     encoder = model.encoder.to_data()
+    columns = [c.to_data() for c in model.columns]
     header = {
-        "format": _format(model.task, encoder),
+        "format": _format(model.task, encoder, columns),
         "versions": versions.current(),
         "model_id": model.model_id,
         "task": model.task,
-        "columns": [[c.name, c.sql_type, c.kind, c.base_type] for c in model.columns],
+        "columns": columns,
         "classes": model.classes,
         "known": model.known,
         "has_proba": model.has_proba,
@@ -121,11 +122,13 @@ def dump(model: Model, probe: Any) -> bytes:
                      pickle.dumps(model.estimator, protocol=4)])
 
 
-def _format(task: str, encoder: Dict[str, Any]) -> int:
-    """The oldest format that stores this model: 3 for clustering and decomposition, and for an
-    encoder with a step format 2 lacks (a number column encoded as categories among them: a format
-    2 reader would miss its NULL category)."""
-    newer = (task in ("clustering", "decomposition") or "tables" in encoder or "required" in encoder
+def _format(task: str, encoder: Dict[str, Any], columns: List[List[Any]]) -> int:
+    """The oldest format that stores this model: 3 for clustering and decomposition, for features
+    read from array columns (a column's data has a fifth element), and for an encoder with a step
+    format 2 lacks (a number column encoded as categories among them: a format 2 reader would miss
+    its NULL category)."""
+    newer = (task in ("clustering", "decomposition") or any(len(c) > 4 for c in columns)
+             or "tables" in encoder or "required" in encoder
              or any(len(p) > 4 for p in encoder["plan"].values())
              or any(encoder["columns"][text[0]][1] == "number" for text in encoder["texts"]))
     return 3 if newer else 2

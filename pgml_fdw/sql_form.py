@@ -47,7 +47,7 @@ def _raise(error: PgmlError) -> str:
 def expression(model: Model) -> Optional[str]:
     """The SQL expression of the model's prediction over its feature columns (by name, unqualified),
     or None when it has none: classification, a model other than linear, or preprocessing that
-    hands NaN to the estimator (which scikit-learn would refuse).
+    hands NaN to the estimator (which scikit-learn would refuse), or features read from arrays.
 
     A NULL (or NaN) in a column trained with impute 'error' raises the error a single prediction
     gives; a category is compared as text in the C collation, or as a float8 for a number column
@@ -55,6 +55,8 @@ def expression(model: Model) -> Optional[str]:
     predictor = model.predictor
     if model.classes is not None or not isinstance(predictor, LinearPredictor):
         return None
+    if any(c.array is not None for c in model.columns):
+        return None  # array features: the relation form checks each array's length, an expression could not
     meta, arrays = predictor.to_data()
     if meta["classifier"]:
         return None

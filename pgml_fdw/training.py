@@ -19,11 +19,11 @@ from typing import Any, Dict, Iterator, List, Mapping, MutableMapping, Optional,
 import numpy as np
 
 from . import algorithms, errors, importance, isolation, metrics, model_format, search, versions
-from .columns import FeatureColumn
+from .columns import FeatureColumn, expand_preprocess
 from .connection import ServerConnection
 from .errors import PgmlError
 from .jsonsafe import json_safe
-from .loading import estimated_rows, feature_columns, read_training_data
+from .loading import estimated_rows, expand_arrays, feature_columns, read_training_data
 from .model import Model, label_text
 from .preprocessing import Column, FeatureEncoder, plan_preprocessing, refuse_nulls
 
@@ -226,7 +226,8 @@ def prepare(options: TrainingOptions, y_column: Optional[FeatureColumn],
     """The task, algorithm and preprocessing plan of a run: every option checked, no data needed."""
     task = options.resolve_task(y_column)
     algorithm = algorithms.lookup(options.algorithm, task)
-    plan = plan_preprocessing(_encoder_columns(columns), options.preprocess, algorithm.needs_scaling)
+    plan = plan_preprocessing(_encoder_columns(columns), expand_preprocess(options.preprocess, columns),
+                              algorithm.needs_scaling)
     algorithms.make_estimator(algorithm, options.hyperparams)
     if options.search:
         if task == "decomposition":
@@ -356,7 +357,8 @@ def train(options: TrainingOptions, y_column: Optional[FeatureColumn], columns: 
         feature_importance = {"method": method, "columns": importance.by_column(values, encoder.output_sources)}
     details = {
         "features": [
-            {"name": c.name, "type": c.sql_type, "kind": c.kind, "preprocess": encoder.describe().get(c.name)}
+            {"name": c.name, "type": c.sql_type, "kind": c.kind, "preprocess": encoder.describe().get(c.name),
+             **({} if c.array is None else {"column": c.array[0]})}
             for c in columns
         ],
         "classes": classes,
@@ -555,7 +557,9 @@ def _train_in_worker(options: TrainingOptions, dsn: str, budget: int) -> Trained
     started = time.monotonic()
     resident = _reset_peak()  # the backend's pages, which the worker starts out sharing
     server = ServerConnection(dsn)  # the worker's own: the backend's connections are not to be touched
-    y_column, columns = feature_columns(server, options.relation, options.y_column)
+    y_column, described = feature_columns(server, options.relation, options.y_column)
+    # An array column is as many features as its arrays have elements.
+    columns = expand_arrays(dsn, options.trained_by, options.relation, options.y_column, described)
     # Checked first: a typo in an option, or a relation far too big, should not cost a full read.
     task, _, _ = prepare(options, y_column, columns)
     if task in algorithms.UNSUPERVISED:
