@@ -1085,7 +1085,8 @@ $$;
 -- PostgresML's pgml.load_dataset for the datasets scikit-learn ships: breast_cancer, diabetes,
 -- digits, iris, linnerud, wine. Makes the table pgml.<source> (replacing one loaded before), owned
 -- by the caller, in the caller's transaction; limit keeps the first rows. subset and kwargs are
--- for PostgresML's Hugging Face datasets, which these are not: they are ignored.
+-- for PostgresML's Hugging Face datasets, which these are not: given, they are an error rather than
+-- a table that is silently not what was asked for.
 CREATE FUNCTION pgml.load_dataset(source text, subset text DEFAULT NULL, "limit" bigint DEFAULT NULL,
                                   kwargs jsonb DEFAULT '{}')
 RETURNS TABLE (table_name text, rows bigint)
@@ -1094,6 +1095,11 @@ DECLARE
     answer jsonb;
 BEGIN
     PERFORM pgml._refuse_on_standby('load a dataset');
+    IF subset IS NOT NULL OR coalesce(kwargs, '{}') <> '{}' THEN
+        RAISE EXCEPTION 'pgml.load_dataset takes no subset or kwargs: those are for Hugging Face datasets, which pgml_fdw does not load'
+            USING ERRCODE = '0A000',
+                  HINT = 'Load one of the datasets scikit-learn ships by name alone: breast_cancer, diabetes, digits, iris, linnerud or wine.';
+    END IF;
     INSERT INTO pgml._requests (action, arguments)
     VALUES ('load_dataset', jsonb_build_object('source', source, 'limit', load_dataset."limit"))
     RETURNING _requests.result INTO answer;

@@ -129,6 +129,10 @@ def test_load_dataset_refuses_what_it_cannot_do(db: Session, loaded: None) -> No
     assert "breast_cancer, diabetes, digits, iris, linnerud, wine" in error.diag.message_hint
     error = db.error("SELECT pgml.load_dataset('linnerud', \"limit\" => -1)")
     assert error.pgcode == "22023"
+    for call in ("SELECT pgml.load_dataset('iris', 'plain_text')",
+                 "SELECT pgml.load_dataset('iris', kwargs => '{\"split\": \"train\"}')"):
+        error = db.error(call)
+        assert error.pgcode == "0A000" and "Hugging Face" in error.pgerror
     # A view on the table: kept, and said so (PostgresML would drop it with the table).
     db.run("CREATE VIEW linnerud_view AS SELECT chins FROM pgml.linnerud")
     error = db.error("SELECT pgml.load_dataset('linnerud')")
