@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Mapping, MutableMapping, Optional,
 
 import numpy as np
 
-from . import algorithms, errors, importance, isolation, metrics, model_format, search, versions
+from . import algorithms, boosting, errors, importance, isolation, metrics, model_format, search, versions
 from .columns import FeatureColumn
 from .connection import ServerConnection
 from .errors import PgmlError
@@ -258,7 +258,7 @@ def train(options: TrainingOptions, y_column: FeatureColumn, columns: Sequence[F
             # user's LogisticRegression penalty in 1.8): every supported version honours them, and
             # the warning would only reach the server log.
             warnings.simplefilter("ignore", FutureWarning)
-            estimator.fit(X_train, y_train)
+            boosting.fit(estimator, X_train, y_train, task)  # early stopping, for the boosting libraries
 
     model = Model.fitted(options.model_id, task, columns, encoder, estimator, classes, made_with=versions.current())
     measured = _evaluate(model, X_test, y_test, task, len(classes) if classes else None)
