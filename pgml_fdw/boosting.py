@@ -64,6 +64,8 @@ _EARLY_STOPPING = {"xgboost": ("early_stopping_rounds",), "lightgbm": ("early_st
 
 def installed(library: str) -> bool:
     """Whether ``library`` can be imported here (without importing it)."""
+    if library in sys.modules:
+        return sys.modules[library] is not None  # None: marked unimportable
     return importlib.util.find_spec(library) is not None
 
 
