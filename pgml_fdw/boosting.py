@@ -366,8 +366,9 @@ def fit(estimator: Any, X: Any, y: Any, task: str) -> None:
 
 def _holdout(y: Any, classification: bool) -> Any:
     """(fit rows, validation rows) of the training rows: the last tenth validates, as slices (no
-    copy of the matrix); for classification, a stratified split instead when the slices would
-    leave a class out of the rows fitted on."""
+    copy of the matrix). For classification, when those would leave a class out of the rows fitted
+    on: a stratified split, or where a class has a single row, the last tenth less the rows of
+    classes the fit does not see (a model cannot be validated on a class it does not know)."""
     import numpy as np
 
     n = len(y)
@@ -383,6 +384,8 @@ def _holdout(y: Any, classification: bool) -> Any:
             from sklearn.model_selection import train_test_split
 
             return train_test_split(np.arange(n), test_size=held, random_state=0, stratify=y)
+        known = np.isin(y[held_out], np.unique(y[fit_rows]))
+        return fit_rows, np.arange(n - held, n)[known]
     return fit_rows, held_out
 
 
