@@ -207,6 +207,10 @@ CATALOGUE: Tuple[Algorithm, ...] = (
            "gradient-boosted trees (XGBoost)", random_state=0, n_jobs=1, verbosity=0),
     _entry("xgboost", _C, "xgboost.XGBClassifier",
            "gradient-boosted trees (XGBoost)", random_state=0, n_jobs=1, verbosity=0),
+    _entry("xgboost_random_forest", _R, "xgboost.XGBRFRegressor",
+           "random forest of XGBoost trees", random_state=0, n_jobs=1, verbosity=0),
+    _entry("xgboost_random_forest", _C, "xgboost.XGBRFClassifier",
+           "random forest of XGBoost trees", random_state=0, n_jobs=1, verbosity=0),
     # importance_type "gain", as XGBoost's and scikit-learn's trees measure it, not LightGBM's
     # default count of splits.
     _entry("lightgbm", _R, "lightgbm.LGBMRegressor",
@@ -259,7 +263,7 @@ def lookup(name: str, task: str) -> Algorithm:
 def _estimator_class(algorithm: Algorithm) -> type:
     """The estimator's class, imported (an optional library that is missing: a PgmlError naming it)."""
     if algorithm.library is not None:
-        boosting.require(algorithm.library)
+        boosting.require(algorithm.library, f"algorithm '{algorithm.name}'")
     module, _, cls = algorithm.estimator.rpartition(".")
     return getattr(importlib.import_module(module), cls)
 

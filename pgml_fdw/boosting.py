@@ -156,8 +156,19 @@ def ready(estimator: Any) -> None:
     if library is not None:
         versions.check_library(library, sys.modules[library].__version__)
         adapt(library)
+        _add_new_parameters(estimator)
         if library in ("xgboost", "lightgbm"):
             estimator.set_params(n_jobs=1)
+
+
+def _add_new_parameters(estimator: Any) -> None:
+    """Gives an estimator pickled by an older release of its library the parameters the release
+    here added, at their defaults: a pickle restores the attributes it had, and get_params() reads
+    every parameter of the constructor (xgboost 3 added feature_weights). Whether the model then
+    predicts as it did is for the probe to say (model_format)."""
+    for name, value in type(estimator)().get_params(deep=False).items():
+        if not hasattr(estimator, name):
+            setattr(estimator, name, value)
 
 
 # -- hyperparameters -------------------------------------------------------------------------------
@@ -423,13 +434,15 @@ def _fit_error(library: str, estimator: Any, exc: Exception) -> PgmlError:
     said = _words(str(exc)) or type(exc).__name__
     params = estimator.get_params(deep=False)
     name = _named(library, params, _library_defaults(estimator), said)
+    # The catalogue's name: xgboost's random forests are an algorithm of their own.
+    algorithm = "xgboost_random_forest" if type(estimator).__name__.startswith("XGBRF") else library
     if name is not None:
-        return PgmlError(f"invalid value for hyperparameter '{name}' of algorithm '{library}': got "
+        return PgmlError(f"invalid value for hyperparameter '{name}' of algorithm '{algorithm}': got "
                          f"{json.dumps(params[name], default=repr)}; {_TITLES[library]} says: {said}",
                          hint=f"change '{name}', or leave it out to use the default")
-    return PgmlError(f"algorithm '{library}' cannot train on this data with these hyperparameters; "
+    return PgmlError(f"algorithm '{algorithm}' cannot train on this data with these hyperparameters; "
                      f"{_TITLES[library]} says: {said}",
-                     hint=f"SELECT hyperparams FROM pgml.algorithms WHERE name = '{library}' lists the defaults.")
+                     hint=f"SELECT hyperparams FROM pgml.algorithms WHERE name = '{algorithm}' lists the defaults.")
 
 
 def _named(library: str, params: Mapping[str, Any], defaults: Mapping[str, Any], said: str) -> Optional[str]:

@@ -178,6 +178,7 @@ def _estimator(pickled: bytes, made_with: Optional[Dict[str, str]], ref: str) ->
     boosting.single_threaded()  # before unpickling: LightGBM runs OpenMP while it reads a model
     try:
         found = _unpickle(pickled)
+        boosting.ready(found)
     except PgmlError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the unpickling of another version's objects raises
@@ -185,7 +186,6 @@ def _estimator(pickled: bytes, made_with: Optional[Dict[str, str]], ref: str) ->
         if library in versions.OPTIONAL:
             raise boosting.missing(library, f'model "{ref}"', (made_with or {}).get(library)) from exc
         raise _cannot_load(ref, made_with, f"{type(exc).__name__}: {exc}") from exc
-    boosting.ready(found)
     return found
 
 

@@ -16,7 +16,8 @@ from pgml_fdw import model_format, training
 
 BOOSTING = ("xgboost", "lightgbm", "catboost")
 # A few rounds, as the tests' data is small and two cores are shared.
-ROUNDS = {"xgboost": "n_estimators", "lightgbm": "n_estimators", "catboost": "iterations"}
+ROUNDS = {"xgboost": "n_estimators", "xgboost_random_forest": "n_estimators", "lightgbm": "n_estimators",
+          "catboost": "iterations"}
 
 
 def _features(point: Tuple[float, ...]) -> str:
@@ -131,10 +132,13 @@ def boosting_data(database: None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
 def _library_estimator(library: str, task: str, rounds: int) -> Any:
     """The library's own estimator, as a user of it would write it: the catalogue's documented
     defaults (seed, one thread, quiet) and the same rounds."""
-    if library == "xgboost":
+    if library.startswith("xgboost"):
         import xgboost
 
-        cls = xgboost.XGBRegressor if task == "regression" else xgboost.XGBClassifier
+        if library == "xgboost_random_forest":
+            cls = xgboost.XGBRFRegressor if task == "regression" else xgboost.XGBRFClassifier
+        else:
+            cls = xgboost.XGBRegressor if task == "regression" else xgboost.XGBClassifier
         return cls(n_estimators=rounds, random_state=0, n_jobs=1, verbosity=0)
     if library == "lightgbm":
         import lightgbm
@@ -148,7 +152,7 @@ def _library_estimator(library: str, task: str, rounds: int) -> Any:
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])
-@pytest.mark.parametrize("library", BOOSTING)
+@pytest.mark.parametrize("library", [*BOOSTING, "xgboost_random_forest"])
 def test_quality_matches_the_library_on_the_same_split(db: Session, boosting_data: Dict[str, Any], name: str,
                                                        library: str, task: str) -> None:
     table = "alg_friedman" if task == "regression" else "alg_three"
@@ -162,7 +166,7 @@ def test_quality_matches_the_library_on_the_same_split(db: Session, boosting_dat
     predicted = np.ravel(estimator.predict(X[test]))
     if task == "regression":
         reference, ours = r2_score(y[test], predicted), measured["r2"]
-        assert reference > 0.8
+        assert reference > 0.6
     else:
         reference, ours = f1_score(y[test], predicted.astype(int), average="macro"), measured["f1"]
         assert reference > 0.7

@@ -29,7 +29,7 @@ def toy(database: None) -> None:
 def test_every_algorithm_trains_and_predicts_from_sql(db: Session, toy: None, name: str) -> None:
     catalogue = db.rows("SELECT name, task FROM pgml.algorithms WHERE task IN ('regression', 'classification') "
                         "ORDER BY 1, 2")
-    assert len({n for n, _ in catalogue}) == 33
+    assert len({n for n, _ in catalogue}) == 34
     for algorithm, task in catalogue:
         table = "ml_reg" if task == "regression" else "ml_clf"
         model_id = db.one("SELECT pgml.train(%s, 'y', %s, name => %s, task => %s)",

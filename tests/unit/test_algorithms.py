@@ -56,11 +56,12 @@ EXPECTED_TASKS = {
     "gaussian_process": BOTH,
     "nu_svm": BOTH,
     "xgboost": BOTH,
+    "xgboost_random_forest": BOTH,
     "lightgbm": BOTH,
     "catboost": BOTH,
 }
 NO_PROBA = {"ridge", "linear_svm", "stochastic_gradient_descent", "perceptron", "passive_aggressive"}
-BOOSTING = {"xgboost", "lightgbm", "catboost"}
+BOOSTING = {"xgboost", "xgboost_random_forest", "lightgbm", "catboost"}
 
 X_REG, Y_REG = make_regression(n_samples=40, n_features=4, noise=1.0, random_state=0)
 X_CLF, Y_CLF = make_classification(

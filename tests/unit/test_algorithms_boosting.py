@@ -1,5 +1,11 @@
 """xgboost, LightGBM and CatBoost in the catalogue, without a server: hyperparameters, early
-stopping, the libraries' errors, a missing library, versions recorded and checked, and OpenMP."""
+stopping, the libraries' errors, a missing library, versions recorded and checked, and OpenMP.
+
+stored/boosting/ holds models of each library trained under the local server's pinned versions,
+which the newest versions (make test's host venv) must load and answer as then; to write them anew:
+
+    local/server.sh run python3 tests/unit/test_algorithms_boosting.py
+"""
 from __future__ import annotations
 
 import importlib
@@ -23,6 +29,8 @@ LIBRARIES = ("xgboost", "lightgbm", "catboost")
 ROUNDS = {"xgboost": "n_estimators", "lightgbm": "n_estimators", "catboost": "iterations"}
 EARLY = {"xgboost": "early_stopping_rounds", "lightgbm": "early_stopping_round", "catboost": "early_stopping_rounds"}
 
+STORED = Path(__file__).parent / "stored" / "boosting"
+POINT = [0.5, -0.5, 0.9]
 RNG = np.random.default_rng(0)
 X = RNG.uniform(-1, 1, (400, 3))
 Y = 2 * X[:, 0] - X[:, 1] + RNG.normal(0, 0.3, 400)
@@ -280,3 +288,36 @@ def test_a_loaded_model_predicts_on_one_thread() -> None:
     loaded = model_format.load(model_format.dump(result.model, result.probe), "m_1")
     assert loaded.estimator.get_params()["n_jobs"] == 1
     assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "openmp")
+
+
+@pytest.mark.parametrize("key", [f"{library}_{task}" for library in LIBRARIES
+                                 for task in ("regression", "classification")])
+def test_models_stored_under_the_pinned_versions_load_and_answer_as_then(key: str) -> None:
+    expected = json.loads((STORED / "expected.json").read_text())[key]
+    model = model_format.load((STORED / f"{key}.model").read_bytes(), key)
+    library = key.split("_")[0]
+    assert model.made_with[library] == expected["version"]  # the version that trained it, kept
+    prediction, label, probabilities = model.predict_row(POINT)
+    want = expected["answer"]
+    assert (label, prediction is None, probabilities is None) == (want[1], want[0] is None, want[2] is None)
+    if prediction is not None:
+        assert prediction == pytest.approx(want[0], rel=1e-6)
+    if probabilities is not None:
+        assert probabilities == pytest.approx(want[2], rel=1e-6)
+
+
+def _write_stored() -> None:
+    """Trains and writes stored/boosting/ (run under the local server's pinned versions)."""
+    STORED.mkdir(exist_ok=True)
+    expected = {}
+    for library in LIBRARIES:
+        for task in ("regression", "classification"):
+            result = _train(library, task, {ROUNDS[library]: 5})
+            (STORED / f"{library}_{task}.model").write_bytes(model_format.dump(result.model, result.probe))
+            expected[f"{library}_{task}"] = {"version": importlib.import_module(library).__version__,
+                                             "answer": result.model.predict_row(POINT)}
+    (STORED / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    _write_stored()
