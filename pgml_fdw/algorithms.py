@@ -431,13 +431,14 @@ def make_estimator(algorithm: Algorithm, hyperparams: Optional[Mapping[str, Any]
 
 def all_params(algorithm: Algorithm, hyperparams: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The full effective hyperparameter set (defaults plus ``hyperparams``), JSON-safe; a
-    deprecated parameter left unset is not part of it."""
+    deprecated parameter left unset is not part of it. For a boosting library: the catalogue's
+    defaults plus ``hyperparams``."""
     if algorithm.library is not None:
-        if not boosting.installed(algorithm.library):
-            # The catalogue lists it all the same; training it says what to install.
-            return {k: json_safe(v) for k, v in sorted({**algorithm.defaults, **(hyperparams or {})}.items())}
-        params = make_estimator(algorithm, hyperparams).get_params(deep=False)
-        return {k: json_safe(v) for k, v in sorted(params.items())}
+        # What pgml_fdw sets; the library decides the rest when it fits (xgboost's scikit-learn API
+        # leaves nearly every parameter None). Listed without importing the library, which may not
+        # be installed (training says what to install) and would cost a backend that lists the
+        # catalogue a second and a hundred megabytes.
+        return {k: json_safe(v) for k, v in sorted({**algorithm.defaults, **(hyperparams or {})}.items())}
     estimator = make_estimator(algorithm, hyperparams)
     params = estimator.get_params(deep=False)
     return {k: json_safe(params[k]) for k in sorted(_library_params(algorithm)) if not _unset(params[k])}

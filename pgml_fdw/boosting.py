@@ -1,4 +1,5 @@
-"""xgboost, LightGBM and CatBoost: the optional libraries behind the algorithms of the same names.
+"""xgboost, LightGBM and CatBoost: the optional libraries behind the algorithms of the same names
+(and xgboost_random_forest).
 
 Each is used through its own scikit-learn API (XGBRegressor, LGBMClassifier, CatBoostRegressor...),
 and the fitted library estimator is what a model stores. None of them is required: pgml_fdw imports
@@ -15,12 +16,15 @@ while fitting becomes an error naming the hyperparameter (:func:`fit`).
 the training rows (never test rows) as the validation set when early stopping is asked for, and the
 library's predict then uses the best iteration (xgboost and LightGBM record it; CatBoost keeps only
 the trees up to it).
+
+Where a model is loaded to serve (model_format), :func:`ready` adapts its library (:func:`adapt`)
+and keeps OpenMP to one thread, without which the workers a backend forks could hang
+(:func:`single_threaded`).
 """
 from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import inspect
 import json
 import re
@@ -60,13 +64,6 @@ _ROUNDS = {"xgboost": ("n_estimators",), "lightgbm": ("num_iterations",),
 # Early stopping, under each name a library takes for it (LightGBM: the aliases of this one name).
 _EARLY_STOPPING = {"xgboost": ("early_stopping_rounds",), "lightgbm": ("early_stopping_round",),
                    "catboost": ("early_stopping_rounds", "od_type", "od_wait", "od_pval")}
-
-
-def installed(library: str) -> bool:
-    """Whether ``library`` can be imported here (without importing it)."""
-    if library in sys.modules:
-        return sys.modules[library] is not None  # None: marked unimportable
-    return importlib.util.find_spec(library) is not None
 
 
 def missing(library: str, needed_by: str, version: Optional[str] = None) -> PgmlError:
