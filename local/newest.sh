@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The newest end of the supported range, on this machine rather than in the local server's root:
 # a venv of the newest Python here (3.12 or later: what the newest numpy needs) with the newest
-# numpy, SciPy, scikit-learn and psycopg2 that pyproject.toml allows, from PyPI. In it, the linters
-# (ruff, mypy) and the server-free tests (tests/unit) run; the local server covers the oldest end.
+# numpy, SciPy, scikit-learn, psycopg2 and gradient boosting libraries that pyproject.toml allows,
+# from PyPI. In it, the linters (ruff, mypy) and the server-free tests (tests/unit) run; the local
+# server covers the oldest end.
 #
 #   local/newest.sh          make the venv when pyproject.toml changed or it is a week old, then check
 #
@@ -41,16 +42,17 @@ if [ "$(cat "$VENV/stamp" 2>/dev/null)" != "$STAMP" ] || [ -n "$(find "$VENV/sta
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = project["optional-dependencies"]
-print("\n".join(project["dependencies"] + extras["test"] + extras["lint"]))
+print("\n".join(project["dependencies"] + extras["boosting"] + extras["test"] + extras["lint"]))
 PY
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade -r "$VENV/requirements.txt" \
         || die "pip install failed (see above)"
     echo "$STAMP" >"$VENV/stamp"
 fi
 "$VENV/bin/python" - <<'PY'
-import platform, numpy, scipy, sklearn, psycopg2
+import platform, numpy, scipy, sklearn, psycopg2, xgboost, lightgbm, catboost
 print(f"==> newest: Python {platform.python_version()}, numpy {numpy.__version__}, SciPy {scipy.__version__}, "
-      f"scikit-learn {sklearn.__version__}, psycopg2 {psycopg2.__version__.split()[0]}")
+      f"scikit-learn {sklearn.__version__}, psycopg2 {psycopg2.__version__.split()[0]}, xgboost {xgboost.__version__}, "
+      f"LightGBM {lightgbm.__version__}, CatBoost {catboost.__version__}")
 PY
 
 cd "$REPO"

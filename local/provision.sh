@@ -32,9 +32,11 @@ install_stack() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # confold: dpkg keeps the createcluster.conf above rather than ask about it. pgbouncer is for the
-    # tests of pgml_fdw behind a pooler (tests/test_pooler.py).
+    # tests of pgml_fdw behind a pooler (tests/test_pooler.py); libgomp1 is the OpenMP runtime that
+    # LightGBM's wheel links against without carrying it.
     apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold \
-        ca-certificates postgresql-13 postgresql-13-python3-multicorn python3-pip python3-psycopg2 pgbouncer
+        ca-certificates postgresql-13 postgresql-13-python3-multicorn python3-pip python3-psycopg2 pgbouncer \
+        libgomp1
     pip3 install -q --no-cache-dir -r "$requirements"
     apt-get clean
     rm -rf /var/lib/apt/lists/*

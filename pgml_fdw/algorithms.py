@@ -1,9 +1,12 @@
-"""The algorithm catalogue: PostgresML algorithm names mapped to scikit-learn estimators.
+"""The algorithm catalogue: PostgresML algorithm names mapped to scikit-learn estimators, and to
+the scikit-learn APIs of xgboost, LightGBM and CatBoost (optional libraries: :mod:`boosting`).
 
 Each (name, task) pair is one :class:`Algorithm`.  :func:`make_estimator` builds
 an unfitted estimator from catalogue defaults plus user hyperparameters (which
 arrive as JSON), and turns scikit-learn's parameter validation errors into
-:class:`~pgml_fdw.errors.PgmlError` messages phrased in JSON terms.
+:class:`~pgml_fdw.errors.PgmlError` messages phrased in JSON terms (for the
+boosting libraries, which have no such validation, :mod:`boosting` checks what
+it can before fitting and words their refusals while fitting).
 """
 from __future__ import annotations
 
@@ -11,11 +14,12 @@ import difflib
 import importlib
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from pgml_fdw import errors, versions
+from pgml_fdw import boosting, errors, versions
 from pgml_fdw.errors import PgmlError
 from pgml_fdw.jsonsafe import json_safe
 
@@ -56,6 +60,11 @@ class Algorithm:
     defaults: Mapping[str, Any] = field(hash=False)  # read-only; not part of the hash (mappings are unhashable)
     needs_scaling: bool
     description: str
+
+    @property
+    def library(self) -> Optional[str]:
+        """The optional library behind it (xgboost, lightgbm, catboost), None for scikit-learn's."""
+        return boosting.catalogue_library(self.estimator)
 
 
 def _entry(
@@ -141,6 +150,81 @@ CATALOGUE: Tuple[Algorithm, ...] = (
            "multi-layer perceptron neural network", True, max_iter=1000, random_state=0),
     _entry("mlp", _C, "sklearn.neural_network.MLPClassifier",
            "multi-layer perceptron neural network", True, max_iter=1000, random_state=0),
+    # Linear models fitted one row at a time, by gradient steps: on standardized features.
+    _entry("stochastic_gradient_descent", _R, "sklearn.linear_model.SGDRegressor",
+           "linear regression fitted by stochastic gradient descent, for large data", True, random_state=0),
+    _entry("stochastic_gradient_descent", _C, "sklearn.linear_model.SGDClassifier",
+           "linear classifier fitted by stochastic gradient descent, for large data (hinge loss: no "
+           "probabilities; loss log_loss or modified_huber gives them)", True, random_state=0),
+    _entry("perceptron", _C, "sklearn.linear_model.Perceptron",
+           "the perceptron, a linear classifier (no probabilities)", True, random_state=0),
+    # scikit-learn 1.8 deprecates the passive-aggressive classes for SGD's learning_rate "pa1",
+    # which 1.6 and 1.7 do not have; every supported scikit-learn (below 1.10) has the classes,
+    # and make_estimator silences the deprecation.
+    _entry("passive_aggressive", _R, "sklearn.linear_model.PassiveAggressiveRegressor",
+           "passive-aggressive linear regression, fitted one row at a time", True, random_state=0),
+    _entry("passive_aggressive", _C, "sklearn.linear_model.PassiveAggressiveClassifier",
+           "passive-aggressive linear classifier, fitted one row at a time (no probabilities)", True,
+           random_state=0),
+    # Least angle regression picks features by their correlation with the residual: on a common scale.
+    _entry("least_angle", _R, "sklearn.linear_model.Lars",
+           "least angle regression, for many features", True, random_state=0),
+    _entry("lasso_least_angle", _R, "sklearn.linear_model.LassoLars",
+           "lasso (L1 regularization) fitted by least angle regression", True, random_state=0),
+    _entry("orthogonal_matching_pursuit", _R, "sklearn.linear_model.OrthogonalMatchingPursuit",
+           "linear regression on a few features chosen greedily (n_nonzero_coefs; by default a tenth "
+           "of the features)", True),
+    _entry("automatic_relevance_determination", _R, "sklearn.linear_model.ARDRegression",
+           "Bayesian linear regression that prunes irrelevant features", True),
+    _entry("ransac", _R, "sklearn.linear_model.RANSACRegressor",
+           "linear regression fitted on the inliers of random subsets, robust to outliers", random_state=0),
+    _entry("theil_sen", _R, "sklearn.linear_model.TheilSenRegressor",
+           "linear regression by the spatial median of subset fits, robust to outliers", random_state=0),
+    # scikit-learn's alpha of 1.0 is an L1 penalty under which the pinball loss of standardized
+    # features keeps no coefficient at all: 0 is the textbook quantile regression. highs is
+    # scikit-learn's default solver from 1.4 on, named so that a later default cannot change a model.
+    _entry("quantile", _R, "sklearn.linear_model.QuantileRegressor",
+           "linear regression of a quantile of y (quantile; default the median), robust to outliers", True,
+           alpha=0.0, solver="highs"),
+    _entry("kernel_ridge", _R, "sklearn.kernel_ridge.KernelRidge",
+           "ridge regression with a kernel (kernel; default linear), without an intercept: for a y "
+           "centered on zero", True),
+    # normalize_y: the prior's mean is y's mean rather than zero, and its scale y's.
+    _entry("gaussian_process", _R, "sklearn.gaussian_process.GaussianProcessRegressor",
+           "Gaussian process regression (memory grows with the square of the rows: small data)", True,
+           normalize_y=True, random_state=0),
+    _entry("gaussian_process", _C, "sklearn.gaussian_process.GaussianProcessClassifier",
+           "Gaussian process classification (memory grows with the square of the rows: small data)", True,
+           random_state=0),
+    _entry("nu_svm", _R, "sklearn.svm.NuSVR",
+           "support vector machine whose nu bounds the share of support vectors", True),
+    _entry("nu_svm", _C, "sklearn.svm.NuSVC",
+           "support vector machine whose nu bounds the share of support vectors", True,
+           probability=True, random_state=0),
+    # The gradient boosting libraries (optional: pyproject's extra "boosting"), through their
+    # scikit-learn APIs: seeded, quiet (nothing written to the server's log or its files) and on one
+    # thread, as every estimator here (n_jobs / thread_count raise it). early_stopping_rounds holds
+    # out a tenth of the training rows to stop on (boosting.fit).
+    _entry("xgboost", _R, "xgboost.XGBRegressor",
+           "gradient-boosted trees (XGBoost)", random_state=0, n_jobs=1, verbosity=0),
+    _entry("xgboost", _C, "xgboost.XGBClassifier",
+           "gradient-boosted trees (XGBoost)", random_state=0, n_jobs=1, verbosity=0),
+    _entry("xgboost_random_forest", _R, "xgboost.XGBRFRegressor",
+           "random forest of XGBoost trees", random_state=0, n_jobs=1, verbosity=0),
+    _entry("xgboost_random_forest", _C, "xgboost.XGBRFClassifier",
+           "random forest of XGBoost trees", random_state=0, n_jobs=1, verbosity=0),
+    # importance_type "gain", as XGBoost's and scikit-learn's trees measure it, not LightGBM's
+    # default count of splits.
+    _entry("lightgbm", _R, "lightgbm.LGBMRegressor",
+           "gradient-boosted trees (LightGBM)", random_state=0, n_jobs=1, verbose=-1, importance_type="gain"),
+    _entry("lightgbm", _C, "lightgbm.LGBMClassifier",
+           "gradient-boosted trees (LightGBM)", random_state=0, n_jobs=1, verbose=-1, importance_type="gain"),
+    _entry("catboost", _R, "catboost.CatBoostRegressor",
+           "gradient-boosted oblivious trees (CatBoost)", random_state=0, thread_count=1,
+           logging_level="Silent", allow_writing_files=False),
+    _entry("catboost", _C, "catboost.CatBoostClassifier",
+           "gradient-boosted oblivious trees (CatBoost)", random_state=0, thread_count=1,
+           logging_level="Silent", allow_writing_files=False),
     # -- Clustering and decomposition: trained without y_column. Distances and variances depend on
     # the features' scales (an interval counts in seconds), so numbers are standardized by default,
     # as for knn. Only clusterers that can assign a new row to a cluster (a predict) are here: see
@@ -229,8 +313,19 @@ def tasks_of(name: str) -> Tuple[str, ...]:
 
 
 def _estimator_class(algorithm: Algorithm) -> type:
+    """The estimator's class, imported (an optional library that is missing: a PgmlError naming it)."""
+    if algorithm.library is not None:
+        boosting.require(algorithm.library, f"algorithm '{algorithm.name}'")
     module, _, cls = algorithm.estimator.rpartition(".")
     return getattr(importlib.import_module(module), cls)
+
+
+def _new(cls: type, params: Mapping[str, Any]) -> Any:
+    """An estimator of ``cls`` made with ``params``."""
+    with warnings.catch_warnings():
+        # The passive-aggressive classes, deprecated in scikit-learn 1.8 (see CATALOGUE), warn when made.
+        warnings.simplefilter("ignore", FutureWarning)
+        return cls(**params)
 
 
 # Parameters scikit-learn has deprecated that we still accept, because users write them (as
@@ -246,28 +341,38 @@ def _unset(value: Any) -> bool:
     return isinstance(value, str) and value == "deprecated"
 
 
-def _sklearn_params(algorithm: Algorithm) -> Dict[str, Any]:
-    """scikit-learn's own defaults, minus parameters scheduled for removal (but those in
-    _STILL_ACCEPTED).
+def _library_params(algorithm: Algorithm) -> Dict[str, Any]:
+    """The library's own defaults, by hyperparameter name: scikit-learn's minus parameters
+    scheduled for removal (but those in _STILL_ACCEPTED); for a boosting library, every name it
+    accepts (:func:`boosting.hyperparameters`).
 
     scikit-learn marks those with the default "deprecated" (e.g. LogisticRegression
     multi_class in 1.5-1.7); offering them would only earn users a FutureWarning.
     """
-    params = _estimator_class(algorithm)().get_params(deep=False)
+    cls = _estimator_class(algorithm)
+    if algorithm.library is not None:
+        return boosting.hyperparameters(algorithm.library, cls)
+    params = _new(cls, {}).get_params(deep=False)
     return {k: v for k, v in params.items() if not _unset(v) or k in _STILL_ACCEPTED}
 
 
 def check_hyperparam_names(algorithm: Algorithm, names: Iterable[str]) -> None:
     """Raise PgmlError naming any of ``names`` that is not a hyperparameter of ``algorithm``."""
-    valid = sorted(_sklearn_params(algorithm))
+    valid = _library_params(algorithm)
     unknown = [n for n in names if n not in valid]
     if not unknown:
         return
     quoted = ", ".join(f"'{n}'" for n in unknown)
     plural = "s" if len(unknown) > 1 else ""
+    listed = sorted(valid)
+    more = ""
+    if algorithm.library is not None:
+        listed = boosting.hint_names(algorithm.library, _estimator_class(algorithm))
+        if boosting.accepts_any_native(algorithm.library):
+            more = ", and every parameter of the library under any of its names"
     raise PgmlError(
         f"unknown hyperparameter{plural} {quoted} for algorithm '{algorithm.name}' ({algorithm.task})",
-        hint=f"{_did_you_mean(str(unknown[0]), valid)}valid hyperparameters: {', '.join(valid)}",
+        hint=f"{_did_you_mean(str(unknown[0]), valid)}valid hyperparameters: {', '.join(listed)}{more}",
     )
 
 
@@ -352,9 +457,12 @@ def make_estimator(algorithm: Algorithm, hyperparams: Optional[Mapping[str, Any]
             hint='write them as {"name": value, ...}, for example {"max_depth": 4}',
         )
     check_hyperparam_names(algorithm, hyperparams)
-    sk_defaults = _sklearn_params(algorithm)
+    sk_defaults = _library_params(algorithm)
     cls = _estimator_class(algorithm)
-    estimator = cls(**{**dict(algorithm.defaults), **_from_json(sk_defaults, hyperparams)})
+    if algorithm.library is not None:
+        boosting.check_values(algorithm.name, algorithm.library, {**sk_defaults, **algorithm.defaults}, hyperparams)
+        return _new(cls, boosting.merge(algorithm.library, algorithm.defaults, hyperparams))
+    estimator = _new(cls, {**dict(algorithm.defaults), **_from_json(sk_defaults, hyperparams)})
     try:
         estimator._validate_params()
     except InvalidParameterError as exc:
@@ -375,7 +483,14 @@ def make_estimator(algorithm: Algorithm, hyperparams: Optional[Mapping[str, Any]
 
 def all_params(algorithm: Algorithm, hyperparams: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The full effective hyperparameter set (defaults plus ``hyperparams``), JSON-safe; a
-    deprecated parameter left unset is not part of it."""
+    deprecated parameter left unset is not part of it. For a boosting library: the catalogue's
+    defaults plus ``hyperparams``."""
+    if algorithm.library is not None:
+        # What pgml_fdw sets; the library decides the rest when it fits (xgboost's scikit-learn API
+        # leaves nearly every parameter None). Listed without importing the library, which may not
+        # be installed (training says what to install) and would cost a backend that lists the
+        # catalogue a second and a hundred megabytes.
+        return {k: json_safe(v) for k, v in sorted({**algorithm.defaults, **(hyperparams or {})}.items())}
     estimator = make_estimator(algorithm, hyperparams)
     params = estimator.get_params(deep=False)
-    return {k: json_safe(params[k]) for k in sorted(_sklearn_params(algorithm)) if not _unset(params[k])}
+    return {k: json_safe(params[k]) for k in sorted(_library_params(algorithm)) if not _unset(params[k])}

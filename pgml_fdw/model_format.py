@@ -11,7 +11,9 @@ A stored model is, in this order::
     estimator                    the scikit-learn estimator alone, pickled
 
 Nothing but the estimator is pickled, so renaming or moving a pgml_fdw class never breaks a stored
-model, and a model records the versions that made it (Python, numpy, SciPy, scikit-learn, pgml_fdw).
+model, and a model records the versions that made it (Python, numpy, SciPy, scikit-learn, pgml_fdw,
+and the gradient boosting library of an xgboost, lightgbm or catboost model, whose estimator is the
+library's own: a server without the library says which package to install).
 A model with a fast path (:mod:`single_row`) is served from the header and the arrays alone: loading
 it imports neither numpy nor scikit-learn, and its estimator is read and unpickled only if a query
 needs it (a row with NaN or infinity, a whole relation).
@@ -103,7 +105,7 @@ def dump(model: Model, probe: Any) -> bytes:
     columns = [c.to_data() for c in model.columns]
     header = {
         "format": _format(model.task, encoder, columns),
-        "versions": versions.current(),
+        "versions": versions.current(model.estimator),
         "model_id": model.model_id,
         "task": model.task,
         "columns": columns,
@@ -189,13 +191,25 @@ def read(part: Reader, ref: str) -> Model:
 
 def _estimator(pickled: bytes, made_with: Optional[Dict[str, str]], ref: str) -> Any:
     """What ``pickled`` holds (an estimator; before 0.3.0 a whole model), or the error that says this
-    server cannot load it (made_with: the versions that stored it, if recorded)."""
+    server cannot load it (made_with: the versions that stored it, if recorded): an optional library
+    it needs and this server lacks is named, with the pip package that installs it."""
+    from . import boosting
+
+    for library in versions.OPTIONAL:
+        if made_with and library in made_with:
+            boosting.require(library, f'model "{ref}"', made_with[library])
+    boosting.single_threaded()  # before unpickling: LightGBM runs OpenMP while it reads a model
     try:
-        return _unpickle(pickled)
+        found = _unpickle(pickled)
+        boosting.ready(found)
     except PgmlError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the unpickling of another version's objects raises
+        library = (getattr(exc, "name", None) or "").split(".")[0] if isinstance(exc, ImportError) else ""
+        if library in versions.OPTIONAL:
+            raise boosting.missing(library, f'model "{ref}"', (made_with or {}).get(library)) from exc
         raise _cannot_load(ref, made_with, f"{type(exc).__name__}: {exc}") from exc
+    return found
 
 
 def _load_pickled(blob: bytes, ref: str) -> Model:
@@ -215,7 +229,7 @@ def _differs(made_with: Dict[str, str], now: Dict[str, str]) -> bool:
 def _check_estimator(model: Model, estimator: Any, probe: Dict[str, Any], ref: str) -> None:
     """Refuses an estimator unpickled under other versions than it was trained with, unless it
     answers the probe as it did then."""
-    if model.made_with is not None and _differs(model.made_with, versions.current()):
+    if model.made_with is not None and _differs(model.made_with, versions.current(estimator)):
         import numpy as np
 
         _check_probe(model, probe, ref, _answers(estimator, np.asarray(probe["rows"], dtype=np.float64), model.task))
@@ -264,7 +278,7 @@ def _check_probe(model: Model, probe: Dict[str, Any], ref: str, now: Dict[str, A
 
 def _cannot_load(ref: str, made_with: Optional[Dict[str, str]], reason: str,
                  hint: Optional[str] = None) -> PgmlError:
-    here = _describe(versions.current())
+    here = _describe(_here(made_with))
     then = f"was trained with {_describe(made_with)}" if made_with else "was stored by pgml_fdw 0.2 or earlier"
     return PgmlError(
         f'model "{ref}" cannot be used on this server ({here}): {reason}',
@@ -274,5 +288,18 @@ def _cannot_load(ref: str, made_with: Optional[Dict[str, str]], reason: str,
     )
 
 
+def _here(made_with: Optional[Dict[str, str]]) -> Dict[str, str]:
+    """This server's versions, with those of the optional libraries ``made_with`` records (their
+    modules are imported by then: the estimator was unpickled)."""
+    import sys
+
+    here = versions.current()
+    for name in versions.OPTIONAL:
+        if made_with and name in made_with and name in sys.modules:
+            here[name] = sys.modules[name].__version__
+    return here
+
+
 def _describe(found: Dict[str, str]) -> str:
-    return ", ".join(f"{name} {found.get(name, '?')}" for name in (*versions.SUPPORTED, "pgml_fdw"))
+    names = (*versions.SUPPORTED, *(n for n in versions.OPTIONAL if n in found), "pgml_fdw")
+    return ", ".join(f"{name} {found.get(name, '?')}" for name in names)

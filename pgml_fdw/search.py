@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 from sklearn.model_selection import GridSearchCV, KFold, RandomizedSearchCV, StratifiedKFold
 
+from pgml_fdw import boosting
 from pgml_fdw.algorithms import Algorithm, check_hyperparam_names, make_estimator
 from pgml_fdw.jsonsafe import json_safe
 from pgml_fdw.metrics import silhouette_scorer
@@ -63,6 +64,7 @@ def validate_search(
             hint=f"write it as {example}; valid hyperparameters are listed by the algorithm catalogue",
         )
     check_hyperparam_names(algorithm, space)
+    boosting.check_search_space(algorithm, space)
     for name, values in space.items():
         if not isinstance(values, (list, tuple)) or not values:
             shown = json.dumps(json_safe(values))
@@ -175,7 +177,8 @@ def search(
     validate_search(algorithm, method, space, folds, n_iter)
     y = np.asarray(y)
     _check_folds(y, task, folds)
-    estimator = make_estimator(algorithm, base_params)
+    # The folds have no validation rows to stop early on: the candidates train in full.
+    estimator = boosting.without_early_stopping(make_estimator(algorithm, base_params))
     # make_estimator applies JSON coercions (e.g. arrays to tuples); reuse them for each value.
     grid = {
         name: [make_estimator(algorithm, {name: v}).get_params(deep=False)[name] for v in values]

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Mapping, MutableMapping, Optional,
 
 import numpy as np
 
-from . import algorithms, errors, importance, isolation, metrics, model_format, search, versions
+from . import algorithms, boosting, errors, importance, isolation, metrics, model_format, search, versions
 from .columns import FeatureColumn, expand_preprocess
 from .connection import ServerConnection
 from .errors import PgmlError
@@ -329,7 +329,7 @@ def train(options: TrainingOptions, y_column: Optional[FeatureColumn], columns: 
             # user's LogisticRegression penalty in 1.8): every supported version honours them, and
             # the warning would only reach the server log.
             warnings.simplefilter("ignore", FutureWarning)
-            estimator.fit(X_train, y_train)
+            boosting.fit(estimator, X_train, y_train, task)  # early stopping, for the boosting libraries
 
     # scikit-learn only warns (in the server log) when affinity propagation does not converge, and
     # then gives no clusters, or one per row.

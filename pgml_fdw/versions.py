@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from . import __version__, errors
 from .errors import PgmlError
@@ -28,6 +28,16 @@ SUPPORTED: Dict[str, Tuple[Version, Optional[Version]]] = {
     "numpy": ((2, 0), (3, 0)),
     "scipy": ((1, 13), (2, 0)),
     "scikit-learn": ((1, 6), (1, 10)),
+}
+
+# The optional gradient boosting libraries (pyproject.toml's extra "boosting"), by module name ->
+# (the pip package that installs it, lowest supported, first unsupported). pgml_fdw checks one when
+# it imports it (boosting.py), and a model trained with one records its version besides the above.
+# xgboost-cpu is xgboost without its CUDA libraries; the package xgboost installs the same module.
+OPTIONAL: Dict[str, Tuple[str, Version, Optional[Version]]] = {
+    "xgboost": ("xgboost-cpu", (2, 1), (4, 0)),
+    "lightgbm": ("lightgbm", (4, 0), (5, 0)),
+    "catboost": ("catboost", (1, 2), (2, 0)),
 }
 
 
@@ -45,20 +55,40 @@ def parse(text: str) -> Version:
 
 
 def spec(name: str) -> str:
-    """The supported range as a pip requirement, e.g. "scikit-learn>=1.6,<1.10"."""
-    low, high = SUPPORTED[name]
+    """The supported range as a pip requirement, e.g. "scikit-learn>=1.6,<1.10" (for an optional
+    library, by the name of its pip package: "xgboost-cpu>=2.1,<4.0")."""
+    if name in OPTIONAL:
+        package, low, high = OPTIONAL[name]
+        name = package
+    else:
+        low, high = SUPPORTED[name]
     text = f"{name}>={'.'.join(map(str, low))}"
     return text if high is None else f"{text},<{'.'.join(map(str, high))}"
 
 
-def current() -> Dict[str, str]:
+def library(estimator: Any) -> Optional[str]:
+    """The optional library (a key of OPTIONAL) whose estimator ``estimator`` is, by the modules of
+    its classes; None for scikit-learn's. Imports nothing."""
+    for cls in type(estimator).__mro__:
+        root = cls.__module__.split(".")[0]
+        if root in OPTIONAL:
+            return root
+    return None
+
+
+def current(estimator: Any = None) -> Dict[str, str]:
     """The versions this process runs, as recorded with every model it trains (this imports
-    numpy, SciPy and scikit-learn)."""
+    numpy, SciPy and scikit-learn); with an ``estimator`` of an optional library, that library's
+    version too (under its module name: {"xgboost": "2.1.4"})."""
     import numpy
     import scipy
     import sklearn
 
-    return {**serving(), "numpy": numpy.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__}
+    found = {**serving(), "numpy": numpy.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__}
+    name = library(estimator)
+    if name is not None:
+        found[name] = sys.modules[name].__version__
+    return found
 
 
 def serving() -> Dict[str, str]:
@@ -83,3 +113,15 @@ def check(found: Optional[Dict[str, str]] = None) -> None:
                             f"it needs {spec(name)}",
                             hint=fix, sqlstate=errors.FEATURE_NOT_SUPPORTED)
 
+
+
+def check_library(name: str, version: str) -> None:
+    """Raises PgmlError when ``version`` of the optional library ``name`` is outside its supported range."""
+    _, low, high = OPTIONAL[name]
+    found = parse(version)
+    if found[:len(low)] < low or (high is not None and found[:len(high)] >= high):
+        python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        raise PgmlError(f"pgml_fdw {__version__} does not support {name} {version} (in the Python at {sys.prefix}): "
+                        f"it needs {spec(name)}",
+                        hint=f"Install a supported version into that Python: {python} -m pip install '{spec(name)}', "
+                        "then reconnect.", sqlstate=errors.FEATURE_NOT_SUPPORTED)

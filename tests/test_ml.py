@@ -30,7 +30,7 @@ def test_every_algorithm_trains_and_predicts_from_sql(db: Session, toy: None, na
     # Clustering and decomposition, trained without y: tests/test_clustering.py.
     catalogue = db.rows("SELECT name, task FROM pgml.algorithms WHERE task IN ('regression', 'classification') "
                         "ORDER BY 1, 2")
-    assert len({n for n, _ in catalogue}) == 17
+    assert len({n for n, _ in catalogue}) == 34
     for algorithm, task in catalogue:
         table = "ml_reg" if task == "regression" else "ml_clf"
         model_id = db.one("SELECT pgml.train(%s, 'y', %s, name => %s, task => %s)",
