@@ -232,3 +232,32 @@ def test_explain_of_queries_that_explain_does_not_crash(db: Session, houses: str
     db.run("DEALLOCATE explain_one")
     db.run("RESET plan_cache_mode")
     assert db.one("SELECT 1") == 1  # the backend is alive (the suite's sentinel checks the server)
+
+
+@pytest.mark.parametrize("algorithm", ["xgboost", "lightgbm"])
+def test_a_boosting_library_explains_with_its_own_contributions(db: Session, houses: str, fruit: str, name: str,
+                                                                algorithm: str) -> None:
+    db.one("SELECT pgml.train('explain_house_features', 'price', %s, name => %s, "
+           "hyperparams => '{\"n_estimators\": 20}')", (algorithm, name))
+    rows = explanation(db, name, ONE)
+    assert [r[0] for r in rows] == ["(base)", "size", "rooms", "built", "district"]
+    assert {(r[4], r[5]) for r in rows} == {("prediction", None)}
+    # The libraries add up in float32.
+    assert math.fsum(r[3] for r in rows) == pytest.approx(db.one("SELECT pgml.score(%s, %s::jsonb)", (name, ONE)),
+                                                          rel=1e-5)
+    db.run("CREATE OR REPLACE VIEW explain_fruit_two AS SELECT weight, length, color, kind = 'banana' AS banana "
+           "FROM explain_fruit")
+    binary = name + "_two"
+    try:
+        db.one("SELECT pgml.train('explain_fruit_two', 'banana', %s, name => %s, "
+               "hyperparams => '{\"n_estimators\": 20}')", (algorithm, binary))
+        for features in ('{"weight": 170, "length": 12, "color": "red"}',
+                         '{"weight": 100, "length": 11, "color": "red"}'):
+            rows = explanation(db, binary, features)
+            label = db.one("SELECT pgml.classify(%s, %s::jsonb)", (binary, features))
+            p = db.one("SELECT (pgml.predict_proba(%s, %s::jsonb) ->> %s)::float8", (binary, features, label))
+            assert {(r[4], r[5]) for r in rows} == {("log_odds", label)}
+            # The log-odds of the predicted class: its probability through the logistic function.
+            assert 1 / (1 + math.exp(-math.fsum(r[3] for r in rows))) == pytest.approx(p, abs=1e-6)
+    finally:
+        db.run("DELETE FROM pgml.model_names WHERE name = %s", (binary,))

@@ -172,6 +172,14 @@ def test_update_from_0_1_0_keeps_models(scratch: List[str]) -> None:
         ("flowers_1", pgml_fdw.__version__), ("line_1", pgml_fdw.__version__)]
     # Training goes on from the stored versions, under 0.2.0's rules.
     assert db.one("SELECT pgml.train('line', 'y')") == "line_2"
+    # 0.5.0's additions work in the updated database: an explanation of a model stored by 0.1.0,
+    # clustering, and PostgresML's signature.
+    assert db.one(f"SELECT sum(contribution) FROM pgml.explain('line_1', '{FEATURES}'::jsonb)") == \
+        pytest.approx(expected["line_1"][0], rel=1e-12)
+    assert db.one("SELECT pgml.train('line', NULL, 'kmeans', name => 'line_groups', "
+                  "hyperparams => '{\"n_clusters\": 2}')") == "line_groups_1"
+    assert db.one("SELECT deployed FROM pgml.train('Line Project', 'regression', relation_name => 'line', "
+                  "y_column_name => 'y')") is True
     assert db.error("DROP EXTENSION pgml_fdw").pgcode == "2BP01"
     db.close()
 
