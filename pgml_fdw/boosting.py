@@ -90,6 +90,11 @@ def require(library: str, needed_by: Optional[str] = None, version: Optional[str
             module = importlib.import_module(library)
     except ImportError as exc:
         raise missing(library, needed_by or f"algorithm '{library}'", version) from exc
+    except Exception as exc:  # noqa: BLE001 - installed but unusable: LightGBM without libgomp (OSError), XGBoost without its library
+        raise PgmlError(f"{library} is installed in the server's Python but cannot be loaded: {exc}",
+                        hint=f"Reinstall it, with the system libraries it needs (LightGBM and XGBoost: libgomp1); "
+                        f"check with: {sys.executable} -c 'import {library}'.",
+                        sqlstate=errors.FEATURE_NOT_SUPPORTED) from exc
     versions.check_library(library, module.__version__)
     adapt(library)
     return module
@@ -155,6 +160,7 @@ def ready(estimator: Any) -> None:
         adapt(library)
         _add_new_parameters(estimator)
         if library in ("xgboost", "lightgbm"):
+            # CatBoost refuses parameters on a fitted model; its thread pool survives a fork.
             estimator.set_params(n_jobs=1)
 
 

@@ -156,7 +156,7 @@ def explain(model: Model, features: Any) -> Explanation:
         position = model.known.index(model.labels.index(label))
     encoded = model.row_encoder.encode(values)
     parts, base, explains, method = prepared.explain(encoded, position)
-    given = _given(model, features)
+    given = model.given_values(features)
     contributions = []
     for name, column, element, outputs in prepared.groups:
         value = given[column]
@@ -166,13 +166,6 @@ def explain(model: Model, features: Any) -> Explanation:
         contributions.append(Contribution(name, prepared.imputed[column] if imputed else value, imputed,
                                           math.fsum(parts[o] for o in outputs)))
     return Explanation(explains, label, method, base, contributions)
-
-
-def _given(model: Model, features: Any) -> List[Any]:
-    """The JSON value given for each column, in training order (row_values has checked them)."""
-    if isinstance(features, dict):
-        return [features.get(c.name) for c in model.columns]
-    return list(features)
 
 
 def _prepared(model: Model) -> _Prepared:
@@ -242,6 +235,12 @@ def _explainer(model: Model) -> Explain:
     trees = _sklearn_trees(estimator)
     if trees is not None:
         return trees
+    if model.task in ("clustering", "decomposition"):
+        raise PgmlError(f"model {model.model_id} is a {model.task} model, which pgml.explain does not explain: it "
+                        f"explains regression and classification ({EXPLAINABLE})",
+                        hint="A cluster's centre or a component's loadings say what drives it: read them from the "
+                        "estimator in Python, or train a classifier of the clusters and explain that.",
+                        sqlstate=errors.FEATURE_NOT_SUPPORTED)
     raise PgmlError(
         f"model {model.model_id} ({type(estimator).__name__}) cannot be explained: pgml.explain explains "
         f"{EXPLAINABLE}",

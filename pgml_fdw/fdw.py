@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from functools import cached_property
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from multicorn import ForeignDataWrapper
 
@@ -242,6 +242,57 @@ class Expressions(_Table):
             yield {"model": uid, "error": as_user_error(exc).as_json()}
 
 
+def _refuse_unsafe_plans(table: str, quals: List[Any], keys: Sequence[str], inputs: Sequence[str], *,
+                         instead_of_a_range: str, instead_of_a_subquery: str,
+                         instead_of_computed_features: str) -> Dict[str, Any]:
+    """The conditions ``column = value`` of a scan of ``table`` that computes its rows from its
+    ``model`` and one of ``inputs``, once the plans Multicorn cannot run safely are refused:
+
+    * any other operator than ``=`` on one of ``keys``: only "=" picks the rows to compute, and
+      PostgreSQL's recheck of another condition could drop the row that carries an error, so
+      that the query would answer nothing instead;
+    * a subquery (values from an outer query reach the scan there) that is explained, or whose
+      model and input are not constants: Multicorn mishandles conditions that refer to an outer
+      query, and can crash the server on them;
+    * inputs computed when the query runs (an expression, a parameter) in a plan an EXPLAIN shows:
+      Multicorn hands the wrapper such a value unset, and multicorn2 crashes the server on a jsonb
+      one. A prepared statement's generic plan may be explained later without being planned
+      again: under plan_cache_mode = force_generic_plan it is refused as soon as it is made.
+      PostgreSQL's default (auto) keeps making custom plans, in which parameters are constants,
+      because the scans cost a generic plan higher; the generic plans of the extension's own
+      functions are never explained."""
+    other = sorted({q.field_name for q in quals if q.field_name in keys and q.operator != "="})
+    if other:
+        raise PgmlCannotPlanThisQuery(
+            f"{table} takes {', '.join(other)} with = only (one value, not IN, LIKE or a range): it computes "
+            f"the rows it returns, it cannot search them. {instead_of_a_range}")
+    wanted = _equalities(quals)
+    given = "model" in wanted and any(name in wanted for name in inputs)
+    nested, explaining = plan_guard.planning_subquery()
+    if nested and (explaining or not given):
+        raise PgmlCannotPlanThisQuery(
+            f"{table} inside a subquery "
+            + ("cannot be explained" if explaining
+               else "needs a constant model and " + inputs[0] + "".join(f" (or {name})" for name in inputs[1:]))
+            + ": Multicorn mishandles conditions that refer to an outer query, and can crash the server on them. "
+            + instead_of_a_subquery)
+    if not nested and not any(name in wanted for name in inputs):
+        from . import backend
+
+        if plan_guard.explaining():
+            raise PgmlCannotPlanThisQuery(
+                f"EXPLAIN cannot show {table} with features computed when the query runs (an expression or a "
+                "parameter): Multicorn hands the wrapper such a value unset under EXPLAIN, and can crash the "
+                f"server on it. {instead_of_computed_features}")
+        if backend.setting("plan_cache_mode") == "force_generic_plan" and plan_guard.preparing_a_statement():
+            raise PgmlCannotPlanThisQuery(
+                f"{table} cannot be prepared with its features a parameter under plan_cache_mode = "
+                "force_generic_plan: an EXPLAIN EXECUTE of that generic plan would hand Multicorn the features "
+                "unset, which can crash the server. SET plan_cache_mode = auto (the default) or "
+                "force_custom_plan for this statement, or give the features as a constant.")
+    return wanted
+
+
 class Predictions(_Table):
     """pgml._predictions: one row for WHERE model AND features, or a whole relation's rows."""
 
@@ -334,27 +385,15 @@ class Predictions(_Table):
         return self._batches[batch]
 
     def rel_size(self, quals: List[Any]) -> Tuple[int, int, int]:
-        other = sorted({q.field_name for q in quals if q.field_name in _KEYS and q.operator != "="})
-        if other:
-            # Only "=" picks rows to compute; PostgreSQL's recheck of any other condition could
-            # drop the row that carries an error, and the query would answer nothing instead.
-            raise PgmlCannotPlanThisQuery(
-                f"pgml.predictions takes {', '.join(other)} with = only (one value, not IN, LIKE or a "
-                "range): it computes the rows it returns, it cannot search them. Run one query per value, "
-                "or score rows one by one with pgml.prediction(model, features).")
-        wanted = _equalities(quals)
-        keys_known = "model" in wanted and ("features" in wanted or "relation" in wanted)
-        nested, explaining = plan_guard.planning_subquery()
-        if nested and (explaining or not keys_known):
-            raise PgmlCannotPlanThisQuery(
-                "pgml.predictions inside a subquery " + ("cannot be explained" if explaining else
-                                                         "needs a constant model and features (or relation)")
-                + ": Multicorn mishandles conditions that refer to an outer query, and can crash the server on "
-                "them. To score rows one by one, use pgml.prediction(model, features) in a LATERAL join or "
-                "pgml.score(model, features) in the select list; else move pgml.predictions to the top level "
-                "of the query.")
-        if "features" not in wanted and "relation" not in wanted and not nested:
-            self._refuse_unexplainable()
+        wanted = _refuse_unsafe_plans(
+            "pgml.predictions", quals, _KEYS, ("features", "relation"),
+            instead_of_a_range="Run one query per value, or score rows one by one with pgml.prediction(model, "
+            "features).",
+            instead_of_a_subquery="To score rows one by one, use pgml.prediction(model, features) in a LATERAL "
+            "join or pgml.score(model, features) in the select list; else move pgml.predictions to the top level "
+            "of the query.",
+            instead_of_computed_features="Explain the query with the features written as a constant "
+            "('{...}'::jsonb: the plan is the same), or run it without EXPLAIN.")
         if "relation" in wanted and "features" not in wanted:
             # Multicorn costs a scan rows x width: a whole relation's rows are costed at nothing
             # each, or PostgreSQL would JIT-compile a query that spends its time in Python. A join
@@ -364,30 +403,6 @@ class Predictions(_Table):
         # costed a little higher, so that PostgreSQL keeps planning prepared statements with their
         # parameters' values, which Multicorn handles best.
         return 1, 64 if "features" in wanted else 128, 1
-
-    @staticmethod
-    def _refuse_unexplainable() -> None:
-        """Refuses the plans of a scan whose features are computed when the query runs (an
-        expression, a parameter) that an EXPLAIN shows: Multicorn hands it the value unset, and
-        multicorn2 crashes the server on a jsonb one. A prepared statement's generic plan may be
-        explained later without being planned again: under plan_cache_mode = force_generic_plan
-        it is refused as soon as it is made. PostgreSQL's default (auto) keeps making custom
-        plans, in which parameters are constants, because rel_size costs the generic plan higher;
-        the generic plans of the scoring functions' own queries are never explained."""
-        from . import backend
-
-        if plan_guard.explaining():
-            raise PgmlCannotPlanThisQuery(
-                "EXPLAIN cannot show pgml.predictions with features computed when the query runs (an "
-                "expression or a parameter): Multicorn hands the wrapper such a value unset under EXPLAIN, "
-                "and can crash the server on it. Explain the query with the features written as a constant "
-                "('{...}'::jsonb: the plan is the same), or run it without EXPLAIN.")
-        if backend.setting("plan_cache_mode") == "force_generic_plan" and plan_guard.preparing_a_statement():
-            raise PgmlCannotPlanThisQuery(
-                "pgml.predictions cannot be prepared with its features a parameter under plan_cache_mode = "
-                "force_generic_plan: an EXPLAIN EXECUTE of that generic plan would hand Multicorn the features "
-                "unset, which can crash the server. SET plan_cache_mode = auto (the default) or "
-                "force_custom_plan for this statement, or give the features as a constant.")
 
     def _relation_rows(self, relation: Any) -> int:
         from .loading import estimated_rows
@@ -431,33 +446,10 @@ class Explanations(_Table):
                 for i, row in enumerate(explanation.rows())]
 
     def rel_size(self, quals: List[Any]) -> Tuple[int, int, int]:
-        # The plans Multicorn cannot run safely, refused as pgml.predictions refuses them (see there).
-        other = sorted({q.field_name for q in quals if q.field_name in ("model", "features") and q.operator != "="})
-        if other:
-            raise PgmlCannotPlanThisQuery(
-                f"pgml._explanations takes {', '.join(other)} with = only: it computes the rows it returns, it cannot "
-                "search them. Call pgml.explain(model, features) once per row of features.")
-        wanted = _equalities(quals)
-        nested, explaining = plan_guard.planning_subquery()
-        if nested and (explaining or "model" not in wanted or "features" not in wanted):
-            raise PgmlCannotPlanThisQuery(
-                "pgml._explanations inside a subquery " + ("cannot be explained" if explaining else
-                                                           "needs a constant model and features")
-                + ": Multicorn mishandles conditions that refer to an outer query, and can crash the server on "
-                "them. Call pgml.explain(model, features), in a LATERAL join to explain the rows of a table.")
-        if "features" not in wanted and not nested:
-            from . import backend
-
-            if plan_guard.explaining():
-                raise PgmlCannotPlanThisQuery(
-                    "EXPLAIN cannot show pgml._explanations with features computed when the query runs: Multicorn "
-                    "hands the wrapper such a value unset under EXPLAIN, and can crash the server on it. Call "
-                    "pgml.explain(model, features) instead, or write the features as a constant.")
-            if backend.setting("plan_cache_mode") == "force_generic_plan" and plan_guard.preparing_a_statement():
-                raise PgmlCannotPlanThisQuery(
-                    "pgml._explanations cannot be prepared with its features a parameter under plan_cache_mode = "
-                    "force_generic_plan: an EXPLAIN EXECUTE of that generic plan could crash the server. Call "
-                    "pgml.explain(model, features) instead.")
+        instead = "Call pgml.explain(model, features), in a LATERAL join to explain the rows of a table."
+        _refuse_unsafe_plans("pgml._explanations", quals, ("model", "features"), ("features",),
+                             instead_of_a_range=instead, instead_of_a_subquery=instead,
+                             instead_of_computed_features=instead)
         return 20, 64, 1
 
 

@@ -175,9 +175,8 @@ class Model:
                     return values
                 except OverflowError:
                     pass  # beyond float (or real) range: the checked path says which feature
+        features = self._expanded(features)
         if isinstance(features, Mapping):
-            if self._arrays:
-                features = self._expand_object(features)
             unknown = [k for k in features if k not in self._positions]
             if unknown:
                 raise PgmlError(
@@ -192,11 +191,6 @@ class Model:
                 )
             ordered = [features[c.name] for c in self.columns]
         elif isinstance(features, list):
-            if self._arrays and len(features) == len(self._groups) and (
-                    len(features) != len(self.columns)
-                    or any(width is not None and isinstance(features[g], list)
-                           for g, (_, _, width) in enumerate(self._groups))):
-                features = self._expand_list(features)
             if len(features) != len(self.columns):
                 raise PgmlError(
                     f"model {self.model_id} takes {len(self.columns)} features, not {len(features)}",
@@ -207,6 +201,30 @@ class Model:
             raise PgmlError(f"features must be a JSON object or array, not {json.dumps(features)}",
                             hint=self._shape_hint())
         return [to_text(v, c) if c.is_text else to_number(v, c) for v, c in zip(ordered, self.columns)]
+
+    def given_values(self, features: Any) -> List[Any]:
+        """The JSON value given for each feature, in training order (an array column's value as its
+        elements), as :meth:`row_values` read them before converting them: for ``features`` that
+        row_values accepted, parsed."""
+        features = self._expanded(features)
+        if isinstance(features, Mapping):
+            return [features.get(c.name) for c in self.columns]
+        return list(features)
+
+    def _expanded(self, features: Any) -> Any:
+        """Parsed features with an array column's value given as one JSON array turned into its
+        elements: by feature name in an object, or in its column's place in an array of the
+        relation's columns."""
+        if not self._arrays:
+            return features
+        if isinstance(features, Mapping):
+            return self._expand_object(features)
+        if isinstance(features, list) and len(features) == len(self._groups) and (
+                len(features) != len(self.columns)
+                or any(width is not None and isinstance(features[g], list)
+                       for g, (_, _, width) in enumerate(self._groups))):
+            return self._expand_list(features)
+        return features
 
     def _elements(self, name: str, value: Any) -> List[Any]:
         """The values of an array column's elements, given as one JSON array (or null)."""

@@ -19,16 +19,11 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .columns import load_expression
+from .columns import identifier, load_expression
 from .errors import PgmlError
 from .model import Model
 from .row_encoder import Category, RowEncoder
 from .single_row import LinearPredictor
-
-
-def identifier(name: str) -> str:
-    """A column name quoted as a SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _literal(value: str) -> str:

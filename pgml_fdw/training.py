@@ -342,7 +342,8 @@ def train(options: TrainingOptions, y_column: Optional[FeatureColumn], columns: 
         raise PgmlError(f"algorithm '{algorithm.name}' kept no components",
                         hint="Give n_components a whole number of at least 1, or the share of variance to keep "
                         "(between 0 and 1), or leave it out to keep them all.")
-    model = Model.fitted(options.model_id, task, columns, encoder, estimator, classes, made_with=versions.current())
+    model = Model.fitted(options.model_id, task, columns, encoder, estimator, classes,
+                         made_with=versions.current(estimator))
     if task == "clustering":
         measured = json_safe(metrics.clustering(X_test, estimator.predict(X_test), truth_test,
                                                 metrics.cluster_count(estimator)))

@@ -555,6 +555,21 @@ BEGIN
                         given.name, given.model, pgml._owner(given.model)
             USING ERRCODE = '42501';
     END IF;
+    -- A request says what to record, and anyone may send one: it must describe a run the requester
+    -- has just trained (pgml._train_project sends it right after), and a project named like a
+    -- model name is that model and no other.
+    IF pgml._is_model_name(given.name) AND given.model IS DISTINCT FROM given.name THEN
+        RAISE EXCEPTION 'project "%" reads as a model name, and can only be model "%"', given.name, given.name
+            USING ERRCODE = '42501', HINT = 'Record projects by training them: pgml.train(project_name, task, relation_name, ...).';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pgml.model_versions m
+                   WHERE m.name = given.model AND m.trained_by = requester AND m.trained_at = now()
+                     AND m.task = given.task AND m.relation = given.relation
+                     AND m.y_column IS NOT DISTINCT FROM given.y_column) THEN
+        RAISE EXCEPTION 'permission denied to record project "%": no run of model "%" on % was trained by % in this transaction',
+                        given.name, given.model, given.relation, requester
+            USING ERRCODE = '42501', HINT = 'Record projects by training them: pgml.train(project_name, task, relation_name, ...).';
+    END IF;
     SELECT p.* INTO current FROM pgml.project_names p WHERE p.name = given.name;
     IF current.id IS NULL THEN
         IF EXISTS (SELECT FROM pgml.project_names p WHERE p.model = given.model) THEN
@@ -849,7 +864,8 @@ DECLARE
     classes jsonb;
 BEGIN
     SELECT m.classes INTO classes FROM pgml.model_versions m
-    WHERE (m.name = model AND m.version = model_version) OR m.id = model;
+    WHERE (m.name = model AND m.version = model_version) OR m.id = model
+    ORDER BY (m.name = model AND m.version = model_version) DESC LIMIT 1;  -- a 0.1.0 name like another's id
     IF classes IS NULL AND model ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
         SELECT m.classes INTO classes FROM pgml.model_versions m WHERE m.uid = model::uuid;
     END IF;
@@ -874,10 +890,14 @@ BEGIN
     IF answer.probabilities IS NULL THEN
         RAISE EXCEPTION 'the algorithm of "%" gives no probabilities', project
             USING ERRCODE = '22023',
-                  HINT = 'Train it with an algorithm that does, for instance linear or random_forest.';
+                  HINT = 'Train it with an algorithm that does: for instance linear or random_forest, or gaussian_mixture to cluster.';
     END IF;
+    -- A classifier's probabilities in its classes' order; a clusterer's (gaussian_mixture), which
+    -- has no classes stored, in its clusters' order.
     RETURN ARRAY(SELECT (answer.probabilities ->> c.label)::real
-                 FROM unnest(pgml._class_labels(ref, answer.version)) WITH ORDINALITY AS c(label, n) ORDER BY c.n);
+                 FROM unnest(coalesce(nullif(pgml._class_labels(ref, answer.version), '{}'),
+                                      ARRAY(SELECT k FROM jsonb_object_keys(answer.probabilities) k ORDER BY k::integer)))
+                      WITH ORDINALITY AS c(label, n) ORDER BY c.n);
 END
 $$;
 
@@ -1029,6 +1049,18 @@ ALTER FOREIGN TABLE pgml._datasets ENABLE ALWAYS TRIGGER refuse_writes;
 -- Makes pgml.<dataset> for a role that may train, owned by it, in the caller's transaction. A
 -- table of that name made earlier is replaced (as PostgresML does) when the role is a member of its
 -- owner and nothing depends on it (PostgresML would drop what does).
+-- Who loaded each dataset table. The tables belong to the extension's owner, not to the role that
+-- loaded them: an owner could hang triggers, policies or defaults on a table in schema pgml that
+-- run as whoever reads or trains on it next. Reading them is for everyone (public data).
+CREATE TABLE pgml.dataset_tables (
+    name      text PRIMARY KEY,
+    loaded_by name NOT NULL,
+    loaded_at timestamptz NOT NULL DEFAULT now(),
+    rows      bigint NOT NULL
+);
+SELECT pg_catalog.pg_extension_config_dump('pgml.dataset_tables', '');
+GRANT SELECT ON pgml.dataset_tables TO PUBLIC;
+
 CREATE FUNCTION pgml._load_dataset(arguments jsonb, requester name) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1047,20 +1079,29 @@ BEGIN
     IF row_limit < 0 THEN
         RAISE EXCEPTION 'limit must not be negative, not %', row_limit USING ERRCODE = '22023';
     END IF;
+    IF source IS NULL THEN
+        RAISE EXCEPTION 'pgml.load_dataset needs the name of a dataset' USING ERRCODE = '22023',
+            HINT = 'Load one of the datasets scikit-learn ships: breast_cancer, diabetes, digits, iris, linnerud or wine.';
+    END IF;
+    -- Two sessions loading one dataset: the second waits, then replaces the first's table.
+    PERFORM pg_advisory_xact_lock(hashtext('pgml_fdw:dataset:' || source));
     SELECT d.* INTO loaded FROM pgml._datasets d WHERE d.name = source;
     PERFORM pgml._check(loaded.error);
-    SELECT c.relkind, c.relowner INTO existing FROM pg_class c
+    SELECT c.relkind, t.loaded_by INTO existing FROM pg_class c
+    LEFT JOIN pgml.dataset_tables t ON t.name = c.relname
     WHERE c.relnamespace = 'pgml'::regnamespace AND c.relname = source;
     IF existing.relkind IS NOT NULL THEN
-        IF existing.relkind <> 'r' THEN
-            RAISE EXCEPTION 'pgml.% exists and is not a table', source USING ERRCODE = '42P07';
+        IF existing.relkind <> 'r' OR existing.loaded_by IS NULL THEN
+            RAISE EXCEPTION 'pgml.% exists and was not made by pgml.load_dataset', source USING ERRCODE = '42P07',
+                HINT = format('Rename or drop pgml.%I first, or read the dataset from it as it is.', source);
         END IF;
-        IF NOT pg_has_role(requester, existing.relowner, 'MEMBER') THEN
-            RAISE EXCEPTION 'permission denied to load pgml.% again: it belongs to role %', source,
-                            pg_get_userbyid(existing.relowner)
+        -- Public data, read by everyone: only whoever loaded it (or a member of that role) may
+        -- replace it, with another limit, say.
+        IF NOT pg_has_role(requester, existing.loaded_by, 'MEMBER') THEN
+            RAISE EXCEPTION 'permission denied to load pgml.% again: role % loaded it', source, existing.loaded_by
                 USING ERRCODE = '42501',
-                      HINT = format('Read it as it is (its owner may GRANT SELECT ON pgml.%I TO %I), or ask for GRANT %I TO %I.',
-                                    source, requester, pg_get_userbyid(existing.relowner), requester);
+                      HINT = format('Read it as it is (every role may), or ask for GRANT %I TO %I.',
+                                    existing.loaded_by, requester);
         END IF;
         BEGIN
             EXECUTE format('DROP TABLE pgml.%I', source);
@@ -1077,14 +1118,16 @@ BEGIN
     EXECUTE format('INSERT INTO pgml.%1$I SELECT * FROM jsonb_populate_recordset(NULL::pgml.%1$I, $1) LIMIT $2', source)
         USING loaded.rows, row_limit;
     GET DIAGNOSTICS written = ROW_COUNT;
-    EXECUTE format('ALTER TABLE pgml.%I OWNER TO %I', source, requester);
+    EXECUTE format('GRANT SELECT ON pgml.%I TO PUBLIC', source);
+    INSERT INTO pgml.dataset_tables (name, loaded_by, rows) VALUES (source, requester, written)
+    ON CONFLICT (name) DO UPDATE SET loaded_by = EXCLUDED.loaded_by, loaded_at = now(), rows = EXCLUDED.rows;
     RETURN jsonb_build_object('table_name', 'pgml.' || source, 'rows', written);
 END
 $$;
 
 -- PostgresML's pgml.load_dataset for the datasets scikit-learn ships: breast_cancer, diabetes,
--- digits, iris, linnerud, wine. Makes the table pgml.<source> (replacing one loaded before), owned
--- by the caller, in the caller's transaction; limit keeps the first rows. subset and kwargs are
+-- digits, iris, linnerud, wine. Makes the table pgml.<source> (replacing one the caller, or a role
+-- it is a member of, loaded before), readable by every role, in the caller's transaction; limit keeps the first rows. subset and kwargs are
 -- for PostgresML's Hugging Face datasets, which these are not: given, they are an error rather than
 -- a table that is silently not what was asked for.
 CREATE FUNCTION pgml.load_dataset(source text, subset text DEFAULT NULL, "limit" bigint DEFAULT NULL,

@@ -27,7 +27,7 @@ def toy(database: None) -> None:
 
 
 def test_every_algorithm_trains_and_predicts_from_sql(db: Session, toy: None, name: str) -> None:
-    # Clustering and decomposition, trained without y: tests/test_clustering.py.
+    # Clustering and decomposition, trained without y: tests/test_unsupervised.py.
     catalogue = db.rows("SELECT name, task FROM pgml.algorithms WHERE task IN ('regression', 'classification') "
                         "ORDER BY 1, 2")
     assert len({n for n, _ in catalogue}) == 34

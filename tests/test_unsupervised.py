@@ -146,6 +146,9 @@ def test_every_clusterer_predicts_the_groups(db: Session, blobs: list, name: str
         proba = model.estimator.predict_proba(_encoded(model, new))
         for (_, _, probabilities, _), row in zip(answers, proba):
             assert probabilities == {str(k): pytest.approx(p, abs=1e-12) for k, p in enumerate(row)}
+        # PostgresML's array form: the clusters' probabilities in cluster order.
+        as_array = db.one("SELECT pgml.predict_proba(%s, ARRAY[%s, %s, %s]::real[])", (name, *new[1]))
+        assert as_array == pytest.approx(model.estimator.predict_proba(_encoded(model, [new[1]]))[0], abs=1e-6)
     else:
         assert all(probabilities is None for _, _, probabilities, _ in answers)
 
