@@ -144,7 +144,7 @@ def test_load_dataset_refuses_what_it_cannot_do(db: Session, loaded: None) -> No
     db.run("CREATE VIEW pgml.wine AS SELECT 1 AS x")
     try:
         error = db.error("SELECT pgml.load_dataset('wine')")
-        assert error.pgcode == "42P07" and "is not a table" in error.pgerror
+        assert error.pgcode == "42P07" and "was not made by pgml.load_dataset" in error.pgerror
     finally:
         db.run("DROP VIEW pgml.wine")
     assert db.one("SELECT rows FROM pgml.load_dataset('wine')") == 178
