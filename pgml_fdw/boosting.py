@@ -381,8 +381,9 @@ def fit(estimator: Any, X: Any, y: Any, task: str) -> None:
 def _holdout(y: Any, classification: bool) -> Any:
     """(fit rows, validation rows) of the training rows: the last tenth validates, as slices (no
     copy of the matrix). For classification, when those would leave a class out of the rows fitted
-    on: a stratified split, or where a class has a single row, the last tenth less the rows of
-    classes the fit does not see (a model cannot be validated on a class it does not know)."""
+    on: a stratified split (index arrays) holding out a row of every class at least, or where a
+    class has a single row, the last tenth less the rows of classes the fit does not see (a model
+    cannot be validated on a class it does not know)."""
     import numpy as np
 
     n = len(y)
@@ -394,11 +395,18 @@ def _holdout(y: Any, classification: bool) -> Any:
     fit_rows, held_out = slice(0, n - held), slice(n - held, n)
     if classification and len(np.unique(y[fit_rows])) < len(np.unique(y)):
         counts = np.bincount(y)
-        if counts[counts > 0].min() >= 2:
+        classes = int((counts > 0).sum())
+        # A stratified split holds out a row of every class at least, and fits on one of each too.
+        stratified = max(held, classes)
+        if counts[counts > 0].min() >= 2 and n - stratified >= classes:
             from sklearn.model_selection import train_test_split
 
-            return train_test_split(np.arange(n), test_size=held, random_state=0, stratify=y)
+            return train_test_split(np.arange(n), test_size=stratified, random_state=0, stratify=y)
         known = np.isin(y[held_out], np.unique(y[fit_rows]))
+        if not known.any():
+            raise PgmlError(f"early stopping has no rows to validate on: the last tenth of the {n} training rows "
+                            "holds only classes that the rest lacks", hint="Train on more rows, or leave early "
+                            "stopping out.", sqlstate=errors.DATA_EXCEPTION)
         return fit_rows, np.arange(n - held, n)[known]
     return fit_rows, held_out
 

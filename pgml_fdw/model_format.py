@@ -8,7 +8,7 @@ A stored model is, in this order::
                                  preprocessing, probe, and the fast path's parameters
     arrays                       the fast path's arrays of numbers, little-endian, as the header lists
                                  them (format 2 on; none when the estimator has no fast path)
-    estimator                    the scikit-learn estimator alone, pickled
+    estimator                    the estimator alone (scikit-learn's, or a boosting library's), pickled
 
 Nothing but the estimator is pickled, so renaming or moving a pgml_fdw class never breaks a stored
 model, and a model records the versions that made it (Python, numpy, SciPy, scikit-learn, pgml_fdw,

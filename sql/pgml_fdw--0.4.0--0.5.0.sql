@@ -99,9 +99,14 @@ WHERE p.context = (SELECT pgml._context()) AND pgml._check(p.error) = 0;
 CREATE FUNCTION pgml.decompose(model text, features jsonb) RETURNS double precision[]
 LANGUAGE plpgsql STABLE COST 10 SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 DECLARE
-    ref text := pgml._reference(model);  -- once: as a condition of the query it would run twice
+    -- Once: as a condition of the query it would run twice. A PostgresML project's name too
+    -- (pgml._served_model, in the postgresml section).
+    ref text := pgml._reference(pgml._served_model(model));
     answer double precision[];
 BEGIN
+    IF features IS NULL THEN
+        RETURN NULL;
+    END IF;
     SELECT p.components INTO answer
     FROM pgml.predictions p WHERE p.model = ref AND p.features = decompose.features;
     IF answer IS NULL THEN
@@ -345,7 +350,7 @@ DECLARE
     resolved text;
 BEGIN
     PERFORM pgml._may_explain();  -- before the name is looked up
-    resolved := pgml._resolve(model);
+    resolved := pgml._resolve(pgml._served_model(model));  -- a PostgresML project's name too
     RETURN QUERY
     SELECT e.feature, e.value, e.imputed, e.contribution, e.explains, e.label
     FROM pgml._model_explanations e
@@ -393,13 +398,13 @@ CREATE TYPE pgml.strategy AS ENUM ('best_score', 'most_recent', 'rollback');
 -- the model's owner; the model's deletion deletes it.
 CREATE TABLE pgml.project_names (
     id            bigserial PRIMARY KEY,
-    name          text NOT NULL UNIQUE,
-    task          text NOT NULL,
+    name          text NOT NULL UNIQUE CHECK (name <> ''),
+    task          text NOT NULL CHECK (task IN ('regression', 'classification', 'clustering', 'decomposition')),
     model         text NOT NULL UNIQUE REFERENCES pgml.model_names (name) ON DELETE CASCADE,
     relation      text NOT NULL,
-    y_column      text,
-    test_size     double precision,
-    test_sampling text,
+    y_column      text CHECK (y_column IS NOT NULL OR task IN ('clustering', 'decomposition')),
+    test_size     double precision CHECK (test_size > 0 AND test_size < 1),
+    test_sampling text CHECK (test_sampling IN ('random', 'first', 'last')),
     preprocess    jsonb,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
@@ -689,7 +694,7 @@ BEGIN
                                                  'relation', pgml._qualified(relation::regclass), 'y_column', y_column,
                                                  'test_size', test_size, 'test_sampling', test_sampling,
                                                  'preprocess', preprocess));
-    RETURN QUERY SELECT new_id, project, run_task, run_algorithm, pgml._find(model) = pgml._find(new_id);
+    RETURN QUERY SELECT new_id, project, run_task, run_algorithm, coalesce(pgml._find(model) = pgml._find(new_id), false);
 END
 $$;
 

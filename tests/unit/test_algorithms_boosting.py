@@ -171,6 +171,19 @@ def test_early_stopping_keeps_every_class_among_the_rows_fitted_on(monkeypatch: 
     assert set(np.unique(seen["eval_set"][0][1])) == {0} and len(seen["y"]) == 90
 
 
+def test_early_stopping_holds_out_a_row_of_every_class_or_says_why_it_cannot() -> None:
+    # Five classes, the last only among the last tenth (3 of 30 rows): a stratified split must hold
+    # out five rows at least, one per class.
+    y = np.concatenate([np.tile([0, 1, 2, 3], 7)[:27], [4, 4, 4]])
+    fit_rows, validation = boosting._holdout(y, True)
+    assert set(y[fit_rows]) == set(y[validation]) == {0, 1, 2, 3, 4}
+    assert len(fit_rows) + len(validation) == 30 and len(validation) == 5
+    # The last row is the only one of its class: nothing known is left to validate on.
+    with pytest.raises(PgmlError) as caught:
+        boosting._holdout(np.array([0, 0, 0, 0, 0, 1]), True)
+    assert "no rows to validate on" in caught.value.message and "early stopping" in caught.value.hint
+
+
 def test_xgboost_needs_every_class_below_the_highest_among_its_training_rows() -> None:
     y = np.where(CLASSES == 1, 2, CLASSES)  # classes 0 and 2: class 1 in the test split alone, say
     with pytest.raises(PgmlError) as caught:
