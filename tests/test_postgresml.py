@@ -211,6 +211,13 @@ def test_regression_walkthrough(db: Session, loaded: None, project: str) -> None
     assert np.allclose([p for (p,) in served], np.float32(svm.predict(X)), rtol=1e-6, atol=1e-4)
     as_row = db.one(f"SELECT pgml.predict(%s, ({DIABETES})) FROM pgml.diabetes LIMIT 1", (name,))
     assert as_row == served[0][0]
+    # pgml.explain takes the project's name too (an svm cannot be explained: the linear version can),
+    # and its contributions add up to the prediction.
+    db.one("SELECT * FROM pgml.deploy(%s, 'most_recent', 'linear')", (name,))
+    explained = db.one(f"SELECT sum(e.contribution) FROM pgml.diabetes d, pgml.explain(%s, ARRAY[{DIABETES}]) e "
+                       "WHERE d.ctid = (SELECT min(ctid) FROM pgml.diabetes)", (name,))
+    assert explained == pytest.approx(db.one(f"SELECT pgml.predict(%s, ARRAY[{DIABETES}]) FROM pgml.diabetes "
+                                             "WHERE ctid = (SELECT min(ctid) FROM pgml.diabetes)", (name,)), rel=1e-6)
 
 
 def test_classification_walkthrough_with_image_arrays(db: Session, loaded: None, project: str) -> None:

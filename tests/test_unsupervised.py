@@ -177,6 +177,7 @@ def test_pca_components_are_scikit_learns(db: Session, name: str) -> None:
     np.testing.assert_allclose(np.array(got), expected, rtol=1e-9, atol=1e-9)
     assert db.one("SELECT pgml.decompose(%s, '{\"p\": 1, \"q\": 2, \"r\": 3, \"s\": 4}'::jsonb)", (name,)) == \
         db.one("SELECT components FROM pgml.predictions WHERE model = %s AND features = '[1, 2, 3, 4]'", (name,))
+    assert db.one("SELECT pgml.decompose(%s, NULL::jsonb)", (name,)) is None  # no features, no components
     # A whole table: every row's components, by key.
     whole = dict(db.rows("SELECT key::int, components FROM pgml.predictions WHERE model = %s "
                          "AND relation = 'public.cl_wide' AND key_column = 'id'", (name,)))
