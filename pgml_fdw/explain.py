@@ -81,9 +81,10 @@ LOG_ODDS = "log_odds"
 RAW_SCORE = "raw_score"
 DECISION_FUNCTION = "decision_function"
 
-EXPLAINABLE = ("linear models (linear, ridge, lasso, elastic_net, bayesian_ridge, huber, linear_svm and "
-               "other linear estimators), decision_tree, random_forest, extra_trees, gradient_boosting_trees, "
-               "xgboost and lightgbm")
+EXPLAINABLE = ("linear models (linear, ridge, lasso, elastic_net, bayesian_ridge, huber, linear_svm, least_angle, "
+               "lasso_least_angle, orthogonal_matching_pursuit, automatic_relevance_determination, quantile, "
+               "theil_sen, stochastic_gradient_descent and passive_aggressive regression, perceptron), "
+               "decision_tree, random_forest, extra_trees, gradient_boosting_trees, xgboost and lightgbm")
 
 
 class Contribution(NamedTuple):

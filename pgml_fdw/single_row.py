@@ -365,13 +365,21 @@ def fast_predictor(estimator: Any) -> Optional[Predictor]:
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
+    # Every one predicts X @ coef_ + intercept_ (RANSAC predicts through another estimator, and
+    # kernel ridge is no dot product with the features).
     linear_regressors = {
         linear_model.LinearRegression, linear_model.Ridge, linear_model.RidgeCV, linear_model.Lasso,
         linear_model.LassoCV, linear_model.ElasticNet, linear_model.ElasticNetCV, linear_model.BayesianRidge,
-        linear_model.HuberRegressor, svm.LinearSVR,
+        linear_model.HuberRegressor, svm.LinearSVR, linear_model.SGDRegressor,
+        linear_model.PassiveAggressiveRegressor, linear_model.Lars, linear_model.LassoLars,
+        linear_model.OrthogonalMatchingPursuit, linear_model.ARDRegression, linear_model.QuantileRegressor,
+        linear_model.TheilSenRegressor,
     }
     logistic = {linear_model.LogisticRegression, linear_model.LogisticRegressionCV}
-    decision_function = {linear_model.RidgeClassifier, linear_model.RidgeClassifierCV, svm.LinearSVC}
+    # The argmax of the decision function, without probabilities (SGDClassifier is not here: its
+    # losses make probabilities of their own).
+    decision_function = {linear_model.RidgeClassifier, linear_model.RidgeClassifierCV, svm.LinearSVC,
+                         linear_model.Perceptron, linear_model.PassiveAggressiveClassifier}
     trees = {tree.DecisionTreeRegressor, tree.DecisionTreeClassifier, tree.ExtraTreeRegressor,
              tree.ExtraTreeClassifier}
     forests = {ensemble.RandomForestRegressor, ensemble.RandomForestClassifier, ensemble.ExtraTreesRegressor,

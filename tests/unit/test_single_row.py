@@ -19,19 +19,29 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 from sklearn.linear_model import (
+    ARDRegression,
     BayesianRidge,
     ElasticNet,
     ElasticNetCV,
     HuberRegressor,
+    Lars,
     Lasso,
     LassoCV,
+    LassoLars,
     LinearRegression,
     LogisticRegression,
     LogisticRegressionCV,
+    OrthogonalMatchingPursuit,
+    PassiveAggressiveClassifier,
+    PassiveAggressiveRegressor,
+    Perceptron,
+    QuantileRegressor,
     Ridge,
     RidgeClassifier,
     RidgeClassifierCV,
     RidgeCV,
+    SGDRegressor,
+    TheilSenRegressor,
 )
 from sklearn.neighbors import KNeighborsRegressor
 from sklearn.neural_network import MLPClassifier
@@ -144,6 +154,9 @@ LINEAR_REGRESSORS = [
     LinearRegression(), LinearRegression(fit_intercept=False), Ridge(alpha=0.5),
     Lasso(alpha=0.01), ElasticNet(alpha=0.01), BayesianRidge(), HuberRegressor(max_iter=1000),
     LinearSVR(max_iter=10000), RidgeCV(), LassoCV(cv=3), ElasticNetCV(cv=3),
+    SGDRegressor(random_state=0), PassiveAggressiveRegressor(random_state=0), Lars(), LassoLars(alpha=0.01),
+    OrthogonalMatchingPursuit(), ARDRegression(), QuantileRegressor(alpha=0.0, solver="highs"),
+    TheilSenRegressor(random_state=0),
 ]
 
 
@@ -151,7 +164,9 @@ LINEAR_REGRESSORS = [
 @pytest.mark.parametrize("model", LINEAR_REGRESSORS, ids=lambda m: repr(m))
 def test_linear_regressors_match(model: Any, n_features: int) -> None:
     X, y = make_data(n_features)
-    estimator = clone(model).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence, and the passive-aggressive classes' deprecation (1.8)
+        estimator = clone(model).fit(X, y)
     rows = probe_rows(X)
     assert_matches(estimator, rows)
     assert_matches_one_by_one(estimator, rows)
@@ -188,11 +203,14 @@ def test_logistic_regression_matches(params: dict, n_classes: int, n_features: i
 @pytest.mark.parametrize("n_classes", [2, 3])
 @pytest.mark.parametrize("model", [RidgeClassifier(), RidgeClassifier(fit_intercept=False),
                                    RidgeClassifierCV(), LinearSVC(max_iter=10000),
-                                   LinearSVC(multi_class="crammer_singer", max_iter=10000)],
+                                   LinearSVC(multi_class="crammer_singer", max_iter=10000),
+                                   Perceptron(random_state=0), PassiveAggressiveClassifier(random_state=0)],
                          ids=lambda m: repr(m))
 def test_decision_function_classifiers_match(model: Any, n_classes: int) -> None:
     X, y = make_data(4, n_classes)
-    estimator = clone(model).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the passive-aggressive classes' deprecation (1.8)
+        estimator = clone(model).fit(X, y)
     fast = assert_matches(estimator, probe_rows(X))
     assert fast.predict_proba(X[0]) is None
 
