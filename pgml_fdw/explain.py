@@ -84,7 +84,7 @@ DECISION_FUNCTION = "decision_function"
 EXPLAINABLE = ("linear models (linear, ridge, lasso, elastic_net, bayesian_ridge, huber, linear_svm, least_angle, "
                "lasso_least_angle, orthogonal_matching_pursuit, automatic_relevance_determination, quantile, "
                "theil_sen, stochastic_gradient_descent and passive_aggressive regression, perceptron), "
-               "decision_tree, random_forest, extra_trees, gradient_boosting_trees, xgboost and lightgbm")
+               "decision_tree, random_forest, extra_trees, gradient_boosting_trees, xgboost, lightgbm and catboost")
 
 
 class Contribution(NamedTuple):
@@ -233,6 +233,8 @@ def _explainer(model: Model) -> Explain:
         return _xgboost(estimator)
     if module == "lightgbm" and hasattr(estimator, "booster_"):
         return _lightgbm(estimator)
+    if module == "catboost":
+        return _catboost(estimator)
     trees = _sklearn_trees(estimator)
     if trees is not None:
         return trees
@@ -292,6 +294,7 @@ def _linear(predictor: LinearPredictor) -> Explain:
 # Regression objectives whose prediction is not their raw score (a log or logistic link).
 _XGBOOST_LINKED = ("reg:logistic", "count:poisson", "reg:gamma", "reg:tweedie", "survival:")
 _LIGHTGBM_LINKED = ("poisson", "gamma", "tweedie", "cross_entropy", "xentropy", "cross_entropy_lambda", "xentlambda")
+_CATBOOST_LINKED = ("Poisson", "Tweedie")
 
 
 def _classifier_quantity(n_classes: int) -> str:
@@ -344,6 +347,31 @@ def _lightgbm(estimator: Any) -> Explain:
         row, sign = _flip(groups, position)
         values = out[0, row * width:(row + 1) * width] * sign
         return values[:-1].tolist(), float(values[-1]), explains, "lightgbm"
+
+    return run
+
+
+def _catboost(estimator: Any) -> Explain:
+    import catboost
+    import numpy as np
+
+    loss = str(estimator.get_all_params().get("loss_function", ""))
+    if isinstance(estimator, catboost.CatBoostClassifier):  # a regressor's classes_ is empty, not missing
+        explains = _classifier_quantity(len(estimator.classes_))
+    else:
+        explains = RAW_SCORE if loss.split(":")[0] in _CATBOOST_LINKED else PREDICTION
+
+    def run(x: List[float], position: Optional[int]) -> Tuple[List[float], float, str, str]:
+        # CatBoost keeps the best iteration's trees only; its SHAP values are (rows, features + 1),
+        # or (rows, classes, features + 1) for 3+ classes. On one thread, as its predictions here.
+        out = np.asarray(estimator.get_feature_importance(catboost.Pool(np.array([x], dtype=np.float64)),
+                                                          type="ShapValues", thread_count=1), dtype=np.float64)
+        if out.ndim == 3:
+            values = out[0, position]
+        else:
+            _, sign = _flip(1, position)
+            values = out[0] * sign
+        return values[:-1].tolist(), float(values[-1]), explains, "catboost"
 
     return run
 

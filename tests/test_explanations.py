@@ -234,7 +234,7 @@ def test_explain_of_queries_that_explain_does_not_crash(db: Session, houses: str
     assert db.one("SELECT 1") == 1  # the backend is alive (the suite's sentinel checks the server)
 
 
-@pytest.mark.parametrize("algorithm", ["xgboost", "lightgbm"])
+@pytest.mark.parametrize("algorithm", ["xgboost", "lightgbm", "catboost"])
 def test_a_boosting_library_explains_with_its_own_contributions(db: Session, houses: str, fruit: str, name: str,
                                                                 algorithm: str) -> None:
     db.one("SELECT pgml.train('explain_house_features', 'price', %s, name => %s, "

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import pytest
 
-from pgml_fdw import explain as explaining, model_format, training
+from pgml_fdw import boosting, explain as explaining, model_format, training
 from pgml_fdw.columns import FeatureColumn
 from pgml_fdw.errors import PgmlError
 from pgml_fdw.explain import BASE, TreeShap, explain
@@ -497,6 +497,18 @@ def test_lightgbm_contributions_add_up_to_its_raw_score(task: str, classes: int)
     _check_library(model, lambda x: model.estimator.predict(x, raw_score=True),
                    "prediction" if task == "regression" else "log_odds" if classes == 2 else "raw_score")
     assert explain(model, FEATURES[0]).method == "lightgbm"
+
+
+@pytest.mark.parametrize("task,classes", [("regression", 0), ("classification", 2), ("classification", 3)])
+def test_catboost_contributions_add_up_to_its_raw_formula(task: str, classes: int) -> None:
+    catboost = pytest.importorskip("catboost")
+    boosting.adapt("catboost")  # its multiclass predict answers a column, as pgml_fdw's loading fixes
+    kind = catboost.CatBoostRegressor if task == "regression" else catboost.CatBoostClassifier
+    model, X = _library_model(kind(iterations=30, depth=4, random_seed=0, logging_level="Silent",
+                                   allow_writing_files=False), task, classes)
+    _check_library(model, lambda x: model.estimator.predict(x, prediction_type="RawFormulaVal"),
+                   "prediction" if task == "regression" else "log_odds" if classes == 2 else "raw_score")
+    assert explain(model, FEATURES[0]).method == "catboost"
 
 
 def test_a_log_link_regression_explains_its_raw_score() -> None:
