@@ -176,9 +176,11 @@ def _add_new_parameters(estimator: Any) -> None:
 
 # -- hyperparameters -------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def _lightgbm_aliases() -> Dict[str, List[str]]:
-    """LightGBM's parameters, each with its aliases (its own table, read from the library; empty
-    where a LightGBM release no longer has it: then its scikit-learn API's names alone are accepted)."""
+    """LightGBM's parameters, each with its aliases (its own table, read from the library once per
+    process; empty where a LightGBM release no longer has it: then its scikit-learn API's names
+    alone are accepted). Callers only read it."""
     try:
         from lightgbm.basic import _ConfigAliases
 

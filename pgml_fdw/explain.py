@@ -66,7 +66,7 @@ import math
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from . import errors
+from . import errors, versions
 from .errors import PgmlError
 from .model import Model
 from .single_row import LinearPredictor
@@ -228,12 +228,12 @@ def _explainer(model: Model) -> Explain:
     if isinstance(predictor, LinearPredictor):
         return _linear(predictor)  # without loading the estimator: the fast path has its parameters
     estimator = model.estimator
-    module = type(estimator).__module__.split(".")[0]
-    if module == "xgboost" and hasattr(estimator, "get_booster"):
+    library = versions.library(estimator)
+    if library == "xgboost" and hasattr(estimator, "get_booster"):
         return _xgboost(estimator)
-    if module == "lightgbm" and hasattr(estimator, "booster_"):
+    if library == "lightgbm" and hasattr(estimator, "booster_"):
         return _lightgbm(estimator)
-    if module == "catboost":
+    if library == "catboost":
         return _catboost(estimator)
     trees = _sklearn_trees(estimator)
     if trees is not None:

@@ -110,13 +110,18 @@ def cluster_count(estimator: Any) -> int:
     return int(np.count_nonzero(np.unique(labels) >= 0))
 
 
+def _scorable(labels: np.ndarray) -> bool:
+    """Whether clusters can be scored: two of them at least, and not every row its own."""
+    return 2 <= len(np.unique(labels)) <= len(labels) - 1
+
+
 def silhouette(X: np.ndarray, labels: np.ndarray) -> Optional[float]:
     """The mean silhouette coefficient (-1 to 1, higher is better: rows close to their own cluster
     and far from the next), on at most :data:`SILHOUETTE_ROWS` rows drawn with seed 0: it costs
     the square of the rows. None when it is undefined (fewer than 2 clusters, or every row its own)."""
     labels = np.asarray(labels)
     sample = None if len(labels) <= SILHOUETTE_ROWS else SILHOUETTE_ROWS
-    if not 2 <= len(np.unique(labels)) <= len(labels) - 1:
+    if not _scorable(labels):
         return None
     try:
         return float(skm.silhouette_score(X, labels, sample_size=sample, random_state=0))
@@ -143,7 +148,7 @@ def clustering(X_test: np.ndarray, labels: np.ndarray, truth: Optional[np.ndarra
     labels = np.asarray(labels)
     result: Dict[str, Any] = {"silhouette": silhouette(X_test, labels), "calinski_harabasz": None,
                               "davies_bouldin": None}
-    if 2 <= len(np.unique(labels)) <= len(labels) - 1:
+    if _scorable(labels):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # davies_bouldin divides by zero on identical centroids
             result["calinski_harabasz"] = skm.calinski_harabasz_score(X_test, labels)
