@@ -242,6 +242,27 @@ class Expressions(_Table):
             yield {"model": uid, "error": as_user_error(exc).as_json()}
 
 
+class VersionNumbers(_Table):
+    """pgml._version_numbers: WHERE name = ... AND at_least = n takes the model name's next version
+    number and commits it at once (:mod:`version_numbers`), so that no id is ever given twice; a
+    NULL version when the caller's transaction must count it itself."""
+
+    def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
+        wanted = _equalities(quals)
+        name, at_least = wanted.get("name"), wanted.get("at_least")
+        if name is None or at_least is None:
+            return
+        try:
+            from .version_numbers import take
+
+            yield {"name": name, "at_least": at_least, "version": take(self.services.serving, name, at_least)}
+        except Exception as exc:  # noqa: BLE001 - handed back to pgml._train, which raises it
+            yield {"name": name, "at_least": at_least, "error": as_user_error(exc).as_json()}
+
+    def rel_size(self, quals: List[Any]) -> Tuple[int, int, int]:
+        return 1, 20, 1
+
+
 def _refuse_unsafe_plans(table: str, quals: List[Any], keys: Sequence[str], inputs: Sequence[str], *,
                          instead_of_a_range: str, instead_of_a_subquery: str,
                          instead_of_computed_features: str) -> Dict[str, Any]:
@@ -461,6 +482,7 @@ _HANDLERS: Dict[str, Callable[[Dict[str, str], List[str]], _Table]] = {
     "explanations": Explanations,
     "trained_estimators": TrainedEstimators,
     "datasets": Datasets,
+    "version_numbers": VersionNumbers,
     # 0.1.0's deployment trigger scans it; ALTER EXTENSION pgml_fdw UPDATE drops it.
     "model_cache": _Table,
 }

@@ -55,14 +55,18 @@ def test_rolled_back_savepoint_is_never_served(db: Session, tables: None, name: 
         assert error.pgcode == "42704", error.pgerror
         session.run("ROLLBACK TO SAVEPOINT probe")
     session.conn.commit()
-    # The number was never committed: another session's run gets it, and this backend, which had
-    # the rolled-back model in hand under that id, serves the committed one.
+    # The id the rolled-back run returned never names another model: the next run, in another
+    # session, gets the next number, and this backend, which had the rolled-back model in hand
+    # under that id, never serves it again.
     other = Session()
-    assert other.one("SELECT pgml.train('cs_up', 'y', name => %s, deploy => false)", (name,)) == f"{name}_2"
+    assert other.one("SELECT pgml.train('cs_up', 'y', name => %s, deploy => false)", (name,)) == f"{name}_3"
     other.close()
     session.conn.autocommit = True
-    assert by_name(session, f"{name}_2") == pytest.approx(UP, abs=0.05)
-    assert scored(session, f"{name}_2") == pytest.approx(UP, abs=0.05)
+    for query in ("SELECT prediction FROM pgml.predictions WHERE model = %s AND features = '[2]'",
+                  "SELECT pgml.score(%s, 2.0)"):
+        assert session.error(query, (f"{name}_2",)).pgcode == "42704"
+    assert by_name(session, f"{name}_3") == pytest.approx(UP, abs=0.05)
+    assert scored(session, f"{name}_3") == pytest.approx(UP, abs=0.05)
     session.close()
 
 
@@ -136,6 +140,10 @@ def test_deleted_versions_are_not_served_and_numbers_not_reused(db: Session, tab
     assert reader.error("SELECT pgml.score(%s, 2.0)", (name,)).pgcode == "42704"
     assert reader.error("SELECT prediction FROM pgml.predictions WHERE model = %s AND features = '[2]'",
                         (name,)).pgcode == "42704"
+    # Trained again, the name goes on from its last number: no id comes back.
+    assert db.one("SELECT pgml.train('cs_up', 'y', name => %s)", (name,)) == f"{name}_4"
+    for old in (f"{name}_1", f"{name}_2", f"{name}_3"):
+        assert reader.error("SELECT pgml.score(%s, 2.0)", (old,)).pgcode == "42704"
     reader.close()
 
 

@@ -11,6 +11,13 @@ import pytest
 
 from conftest import Session, dsn, linear_rows, make_table, role
 
+def forget(db: Session, condition: str) -> None:
+    """Deletes the model names matching ``condition`` and, as only a superuser may, their numbering:
+    the tests train them anew from version 1."""
+    for table in ("model_names", "version_numbers"):
+        db.run(f"DELETE FROM pgml.{table} WHERE name {condition}")
+
+
 TRAINING_GRANTS = ["GRANT INSERT, SELECT (id) ON pgml.training_runs TO {role}",
                    "GRANT SELECT ON pgml.predictions TO {role}"]
 
@@ -24,14 +31,14 @@ def owners(db: Session):
     make_table(db, "own_fake", "x float8, y float8", [(float(x), 1000.0 + x * 1e-9) for x in range(50)])
     db.run(f"GRANT SELECT ON own_line TO {alice}")
     db.run(f"GRANT SELECT ON own_fake TO {mallory}")
-    db.run("DELETE FROM pgml.model_names WHERE name IN ('own_victim', 'own_victim2', 'own_victim2_1')")
+    forget(db, "IN ('own_victim', 'own_victim2', 'own_victim2_1')")
     as_alice = Session(alice)
     assert as_alice.one("SELECT pgml.train('own_line', 'y', name => 'own_victim')") == "own_victim_1"
     as_mallory = Session(mallory)
     yield as_alice, as_mallory, alice, mallory
     as_alice.close()
     as_mallory.close()
-    db.run("DELETE FROM pgml.model_names WHERE name LIKE 'own\\_%'")
+    forget(db, "LIKE 'own\\_%'")
 
 
 def test_another_role_cannot_train_a_new_version(owners) -> None:
@@ -90,7 +97,7 @@ def test_owner_is_listed_and_first_trainer_owns(db: Session, owners) -> None:
 
 
 def test_default_names_are_schema_qualified_outside_public(db: Session) -> None:
-    db.run("DELETE FROM pgml.model_names WHERE name IN ('own_same', 'own_schema.own_same')")
+    forget(db, "IN ('own_same', 'own_schema.own_same')")
     db.run("CREATE SCHEMA IF NOT EXISTS own_schema")
     make_table(db, "own_same", "x float8, y float8", linear_rows())
     make_table(db, "own_schema.own_same", "x float8, y float8", [(x, -x) for x, _ in linear_rows()])
@@ -102,7 +109,7 @@ def test_default_names_are_schema_qualified_outside_public(db: Session) -> None:
     db.run("SET search_path = own_schema, public")
     assert db.one("SELECT pgml.train('own_same', 'y')") == "own_schema.own_same_2"
     db.run("RESET search_path")
-    db.run("DELETE FROM pgml.model_names WHERE name IN ('own_same', 'own_schema.own_same')")
+    forget(db, "IN ('own_same', 'own_schema.own_same')")
 
 
 def test_retrain_on_changed_features_deploys(db: Session, name: str) -> None:
@@ -129,7 +136,7 @@ def _demo() -> subprocess.CompletedProcess:
 
 
 def test_demo_twice_and_beside_same_named_views(db: Session) -> None:
-    db.run("DELETE FROM pgml.model_names WHERE name IN ('my_data', 'my_model', 'big_spenders', 'other.my_data')")
+    forget(db, "IN ('my_data', 'my_model', 'big_spenders', 'other.my_data')")
     # Another schema trained a my_data view with other columns first.
     db.run("CREATE SCHEMA IF NOT EXISTS other")
     make_table(db, "other.my_data_t", "age int, total_purchases float8", [(a, a * 2.0) for a in range(40)])
@@ -167,5 +174,5 @@ def test_schema_qualified_names_belong_to_the_schema(db: Session, owners) -> Non
     assert error.pgcode == "42501" and "schema own_theirs" in error.pgerror
     db.run(f"GRANT CREATE ON SCHEMA own_theirs TO {mallory}")
     assert as_mallory.one("SELECT pgml.train('own_fake', 'y', name => 'own_theirs.squat')") == "own_theirs.squat_1"
-    db.run("DELETE FROM pgml.model_names WHERE name = 'own_theirs.squat'")
+    forget(db, "= 'own_theirs.squat'")
     db.run("DROP SCHEMA own_theirs CASCADE")

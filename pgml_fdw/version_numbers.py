@@ -1,0 +1,33 @@
+"""Version numbers that are never given twice, even by a run that rolled back.
+
+A model's id is ``name_version``. If a version's number were taken in the training's own transaction,
+a run that rolled back would give its number back, and the next run would reuse the id the rolled-back
+one had already returned to its caller (and logged, or sent elsewhere). So the number is taken like a
+sequence's value: on the wrapper's own connection, committed at once, whatever becomes of the caller's
+transaction. Runs of one name are serialized by the caller (``pgml._train`` holds a lock on the name),
+so numbers follow each other; a run that fails or rolls back leaves a gap, as a serial column does.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from . import errors, libpq
+from .connection import ServerConnection
+
+# One statement, so one transaction of its own on the autocommit connection.
+_TAKE = ("INSERT INTO pgml.version_numbers AS v (name, last) VALUES (%s, %s) "
+         "ON CONFLICT (name) DO UPDATE SET last = greatest(v.last + 1, EXCLUDED.last) RETURNING v.last")
+
+
+def take(server: ServerConnection, name: str, at_least: int) -> Optional[int]:
+    """The next version number of the model ``name``: ``at_least`` or more, and more than any number
+    the name was ever given; recorded and committed before this returns. None when this connection
+    cannot see the numbers: the caller's transaction created the extension (or updated it) and has
+    not committed, so that it is the one to count them (all of it rolls back, or none)."""
+    try:
+        (version,), = server.fetch(_TAKE, (name, at_least))
+    except libpq.Error as exc:
+        if exc.sqlstate == errors.UNDEFINED_TABLE:
+            return None
+        raise
+    return int(version)
