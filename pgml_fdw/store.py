@@ -51,6 +51,7 @@ class ModelStore:
         self._context: Tuple[str, Optional[Context]] = ("", None)
         self._generation = ""
         self._names: Dict[str, str] = {}  # ref -> uid, valid in self._generation
+        self._uids: Dict[str, str] = {}  # uid -> its version's id ("" for none), valid in self._generation
         # By uid: stored bytes (trained here, loaded only if scored) or loaded.
         self._models: "OrderedDict[str, Union[bytes, Model]]" = OrderedDict()
 
@@ -64,6 +65,10 @@ class ModelStore:
         """The model ``ref`` stands for: a uid, or a name (its deployed version) or an id
         (name_version) resolved in ``context`` (the caller's context, from the view pgml.predictions)."""
         if UID.match(ref):
+            # A uid is what the extension's SQL hands over after resolving a name in the caller's
+            # snapshot; one written by hand must still name a version the caller can see.
+            if context is not None and not self._visible(ref, self._parse(context)):
+                raise _unknown(ref)
             return self._load(ref, ref)
         if context is None:
             raise PgmlError("pgml.predictions was called without its context",
@@ -77,9 +82,7 @@ class ModelStore:
         if ref in seen.changed or _EVERYTHING in seen.changed:
             uid = seen.changed.get(ref, "")  # changed by the caller's own transaction, resolved as it sees it
         else:
-            if seen.generation != self._generation:
-                self._names.clear()
-                self._generation = seen.generation
+            self._follow(seen.generation)
             uid = self._names.get(ref) or self._resolve(ref, seen.generation)
         if not uid:
             raise _unknown(ref)
@@ -91,6 +94,29 @@ class ModelStore:
         parsed = self._context[1]
         assert parsed is not None
         return parsed
+
+    def _follow(self, generation: str) -> None:
+        """Forgets what names and uids stood for when the caller's generation is another."""
+        if generation != self._generation:
+            self._names.clear()
+            self._uids.clear()
+            self._generation = generation
+
+    def _visible(self, uid: str, seen: Context) -> bool:
+        """Whether ``uid`` names a version in the caller's view: one its own transaction made (its
+        context lists it), or a committed one whose id the transaction did not change (delete)."""
+        if uid in seen.changed.values() or _TOO_MANY in seen.changed:
+            return True  # with too many changes to list, only the scoring functions' SQL hands over uids
+        self._follow(seen.generation)
+        model_id = self._uids.get(uid)
+        if model_id is None:
+            (model_id, now), = self.server.fetch(
+                "SELECT (SELECT m.id FROM pgml.model_versions m WHERE m.uid = %s::uuid), "
+                "(SELECT generation::text FROM pgml._generation ORDER BY id DESC LIMIT 1)", (uid,))
+            model_id = model_id or ""
+            if now == seen.generation:
+                self._uids[uid] = model_id
+        return bool(model_id) and model_id not in seen.changed and _EVERYTHING not in seen.changed
 
     def _resolve(self, ref: str, generation: str) -> str:
         """The uid of ``ref`` as committed now, kept if the store's generation is the caller's."""

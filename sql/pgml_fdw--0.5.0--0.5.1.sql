@@ -178,3 +178,253 @@ BEGIN
 END
 $$;
 
+-------------------------------------------------------------------------------------------------------
+-- A uid given by hand names only a version the caller can see. The scoring functions hand the
+-- wrapper uids they resolved in the caller's snapshot; a backend caches models by uid, so a uid
+-- written into a query by hand (it is in pgml.model_versions) could reach a model that was deleted,
+-- or trained in a transaction that rolled back, and that this backend still held. pgml.predictions
+-- checks its uids in the wrapper (pgml_fdw/store.py); the two views below, here.
+-------------------------------------------------------------------------------------------------------
+
+-- 0 when model is not a uid, or the uid of a version the caller's snapshot holds; else raises.
+CREATE FUNCTION pgml._check_uid(model text) RETURNS integer
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF model ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+       AND NOT EXISTS (SELECT FROM pgml.model_versions m WHERE m.uid = model::uuid) THEN
+        RAISE EXCEPTION 'no model "%"', model
+            USING ERRCODE = '42704', HINT = 'List the models: SELECT id, deployed FROM pgml.models.';
+    END IF;
+    RETURN 0;
+END
+$$;
+
+-- 0.5.0's views, with that check first (both return a few rows: it costs nothing to speak of).
+CREATE OR REPLACE VIEW pgml._model_explanations AS
+SELECT e.model, e.features, e.feature, e.value, e.imputed, e.contribution, e.explains, e.label
+FROM pgml._explanations e
+WHERE pgml._may_explain() = 0 AND pgml._check_uid(e.model) = 0 AND pgml._check(e.error) = 0;
+
+CREATE OR REPLACE VIEW pgml._model_expressions WITH (security_barrier) AS
+SELECT e.model, e.expression, e.error FROM pgml._expressions e
+WHERE CASE WHEN has_table_privilege('pgml.predictions', 'SELECT') THEN 0 END = 0
+  AND pgml._check_uid(e.model) = 0;
+
+-------------------------------------------------------------------------------------------------------
+-- Datasets loaded by one role, trained on by others (pgml.load_dataset, 0.5.0).
+--   * A table is known by itself, not only by its name: pgml.dataset_tables records the table
+--     (regclass: it survives pg_dump and pg_restore). A table of that name made after the loaded one
+--     was dropped is not the loader's to replace.
+--   * Whoever loaded a dataset may load it again only while no model of another role was trained
+--     on it: a reload with a limit, say, would change what their next training of the same data
+--     (pgml.train('project')) learns, and that version would auto-deploy.
+-------------------------------------------------------------------------------------------------------
+ALTER TABLE pgml.dataset_tables ADD COLUMN relation regclass;
+COMMENT ON COLUMN pgml.dataset_tables.relation IS 'The table load_dataset made: only that table, not another of its name, may be replaced.';
+UPDATE pgml.dataset_tables t SET relation = to_regclass(format('pgml.%I', t.name));
+
+-- 0.5.0's pgml._load_dataset, with both rules.
+CREATE OR REPLACE FUNCTION pgml._load_dataset(arguments jsonb, requester name) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    source text := arguments ->> 'source';
+    row_limit bigint := (arguments ->> 'limit')::bigint;
+    loaded record;
+    existing record;
+    written bigint;
+    depending text;
+BEGIN
+    IF NOT has_table_privilege(requester, 'pgml.training_runs', 'INSERT') THEN
+        RAISE EXCEPTION 'permission denied to load a dataset: role % may not train', requester
+            USING ERRCODE = '42501',
+                  HINT = format('pgml.load_dataset is for roles that train: GRANT INSERT ON pgml.training_runs TO %I.', requester);
+    END IF;
+    IF row_limit < 0 THEN
+        RAISE EXCEPTION 'limit must not be negative, not %', row_limit USING ERRCODE = '22023';
+    END IF;
+    IF source IS NULL THEN
+        RAISE EXCEPTION 'pgml.load_dataset needs the name of a dataset' USING ERRCODE = '22023',
+            HINT = 'Load one of the datasets scikit-learn ships: breast_cancer, diabetes, digits, iris, linnerud or wine.';
+    END IF;
+    -- Two sessions loading one dataset: the second waits, then replaces the first's table.
+    PERFORM pg_advisory_xact_lock(hashtext('pgml_fdw:dataset:' || source));
+    SELECT d.* INTO loaded FROM pgml._datasets d WHERE d.name = source;
+    PERFORM pgml._check(loaded.error);
+    SELECT c.oid, c.relkind, t.loaded_by INTO existing FROM pg_class c
+    LEFT JOIN pgml.dataset_tables t ON t.name = c.relname AND t.relation = c.oid
+    WHERE c.relnamespace = 'pgml'::regnamespace AND c.relname = source;
+    IF existing.relkind IS NOT NULL THEN
+        IF existing.relkind <> 'r' OR existing.loaded_by IS NULL THEN
+            RAISE EXCEPTION 'pgml.% exists and was not made by pgml.load_dataset', source USING ERRCODE = '42P07',
+                HINT = format('Rename or drop pgml.%I first, or read the dataset from it as it is.', source);
+        END IF;
+        -- Public data, read by everyone: only whoever loaded it (or a member of that role) may
+        -- replace it, with another limit, say.
+        IF NOT pg_has_role(requester, existing.loaded_by, 'MEMBER') THEN
+            RAISE EXCEPTION 'permission denied to load pgml.% again: role % loaded it', source, existing.loaded_by
+                USING ERRCODE = '42501',
+                      HINT = format('Read it as it is (every role may), or ask for GRANT %I TO %I.',
+                                    existing.loaded_by, requester);
+        END IF;
+        -- Models of other roles trained on it must keep their data: reloading it (with a limit, say)
+        -- would change what their next training of the same data learns, and auto-deploys.
+        SELECT string_agg(DISTINCT n.owner, ', ') INTO depending
+        FROM pgml.model_versions m JOIN pgml.model_names n ON n.name = m.name
+        WHERE (to_regclass(m.relation) = existing.oid OR m.relation = source)
+          AND NOT pg_has_role(requester, n.owner, 'MEMBER');
+        IF depending IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot load pgml.% again: models of role % were trained on it', source, depending
+                USING ERRCODE = '42501',
+                      HINT = 'Read it as it is, or ask the owners of those models to delete them first (pgml.models lists them).';
+        END IF;
+        BEGIN
+            EXECUTE format('DROP TABLE pgml.%I', source);
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            GET STACKED DIAGNOSTICS depending = PG_EXCEPTION_DETAIL;
+            RAISE EXCEPTION 'cannot load pgml.% again: other objects depend on it', source
+                USING ERRCODE = '2BP01', DETAIL = depending,
+                      HINT = 'Drop them first (PostgresML would drop them with the table), or keep the table as it is.';
+        END;
+    END IF;
+    EXECUTE format('CREATE TABLE pgml.%I (%s)', source,
+                   (SELECT string_agg(format('%I %s', c ->> 0, (c ->> 1)::regtype), ', ' ORDER BY n)
+                    FROM jsonb_array_elements(loaded.columns) WITH ORDINALITY AS e(c, n)));
+    EXECUTE format('INSERT INTO pgml.%1$I SELECT * FROM jsonb_populate_recordset(NULL::pgml.%1$I, $1) LIMIT $2', source)
+        USING loaded.rows, row_limit;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    EXECUTE format('GRANT SELECT ON pgml.%I TO PUBLIC', source);
+    INSERT INTO pgml.dataset_tables (name, loaded_by, rows, relation)
+    VALUES (source, requester, written, format('pgml.%I', source)::regclass)
+    ON CONFLICT (name) DO UPDATE SET loaded_by = EXCLUDED.loaded_by, loaded_at = now(), rows = EXCLUDED.rows,
+                                     relation = EXCLUDED.relation;
+    RETURN jsonb_build_object('table_name', 'pgml.' || source, 'rows', written);
+END
+$$;
+
+-------------------------------------------------------------------------------------------------------
+-- A project's training data (relation, y column, split and preprocessing) is for the members of its
+-- model's owner: other roles learn its name, task and model, as pgml_fdw's model names (0.5.0's
+-- pgml._project told anyone everything, and training someone else's project named its relation in
+-- the error). pgml.projects, granted by an administrator like pgml.models, still lists them all.
+-------------------------------------------------------------------------------------------------------
+CREATE VIEW pgml._visible_projects WITH (security_barrier) AS
+SELECT p.id, p.name, p.task, p.model,
+       CASE WHEN mine THEN p.relation END AS relation,
+       CASE WHEN mine THEN p.y_column END AS y_column,
+       CASE WHEN mine THEN p.test_size END AS test_size,
+       CASE WHEN mine THEN p.test_sampling END AS test_sampling,
+       CASE WHEN mine THEN p.preprocess END AS preprocess,
+       p.created_at, p.updated_at
+FROM pgml.project_names p
+CROSS JOIN LATERAL (SELECT pgml._may_manage(p.model, current_user) AS mine) m;  -- current_user: the reader
+GRANT SELECT ON pgml._visible_projects TO PUBLIC;
+
+-- A project as the caller may see it, or a row of NULLs.
+CREATE OR REPLACE FUNCTION pgml._project(project text) RETURNS pgml.project_names
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.id, p.name, p.task, p.model, p.relation, p.y_column, p.test_size, p.test_sampling, p.preprocess,
+           p.created_at, p.updated_at
+    FROM pgml._visible_projects p WHERE p.name = project
+$$;
+
+-- 0.5.0's pgml._train_project, refusing another role's project before anything of its training data
+-- is used (pgml._train would refuse it later, naming its relation in the error).
+CREATE OR REPLACE FUNCTION pgml._train_project(
+    project text, given_task text, relation_name text, y_column_name text, given_algorithm text,
+    hyperparams jsonb, search text, search_params jsonb, search_folds integer, search_args jsonb,
+    test_size double precision, test_sampling text, runtime text, automatic_deploy boolean,
+    materialize_snapshot boolean, preprocess jsonb)
+RETURNS TABLE (model_id text, project_name text, task text, algorithm text, deployed boolean)
+LANGUAGE plpgsql AS $$  -- with the caller's search_path, which names relation_name
+DECLARE
+    current pgml.project_names;
+    model text;
+    run_task text;
+    run_algorithm text := coalesce(given_algorithm, 'linear');
+    relation text := relation_name;
+    y_column text := y_column_name;
+    new_id text;
+BEGIN
+    PERFORM pgml._refuse_on_standby('train');
+    IF project IS NULL OR project = '' THEN
+        RAISE EXCEPTION 'a project needs a name' USING ERRCODE = '22023',
+            HINT = 'For example: SELECT * FROM pgml.train(''My Project'', ''regression'', ''my_table'', ''my_column'').';
+    END IF;
+    IF runtime IS NOT NULL AND runtime <> 'python' THEN
+        RAISE EXCEPTION 'runtime % is not available: pgml_fdw trains with scikit-learn, in Python', runtime
+            USING ERRCODE = '0A000', HINT = 'Leave runtime out, or pass runtime => ''python''.';
+    END IF;
+    IF materialize_snapshot THEN
+        RAISE NOTICE 'materialize_snapshot is ignored: pgml_fdw keeps no copy of the training data'
+            USING DETAIL = 'Each training run reads the relation as it is then; the same relation and options give the same split.',
+                  HINT = 'To train on a fixed copy, CREATE TABLE ... AS SELECT it and train on that table.';
+    END IF;
+    -- One training of a project at a time: its first one records it.
+    PERFORM pg_advisory_xact_lock(hashtext('pgml_fdw:project:' || project));
+    current := pgml._project(project);
+    IF current.id IS NOT NULL AND NOT pgml._may_manage(current.model, current_user) THEN
+        RAISE EXCEPTION 'permission denied to train project "%": its model % belongs to role %',
+                        project, current.model, pgml._owner(current.model)
+            USING ERRCODE = '42501',
+                  HINT = format('Train a project of your own under another name, or ask for GRANT %I TO %I.',
+                                pgml._owner(current.model), current_user);
+    END IF;
+    IF current.id IS NULL THEN
+        IF given_task IS NULL THEN
+            RAISE EXCEPTION 'project "%" does not exist', project
+                USING ERRCODE = '42704',
+                      HINT = format('To create it, give its task: SELECT * FROM pgml.train(%L, ''regression'', ''my_table'', ''my_column'').', project);
+        END IF;
+        model := pgml._new_project_model(project);
+        run_task := given_task;
+    ELSE
+        model := current.model;
+        run_task := coalesce(given_task, current.task);
+        IF run_task <> current.task THEN
+            RAISE EXCEPTION 'project "%" exists already, with task %', project, current.task
+                USING ERRCODE = '22023', HINT = 'A project keeps its task: leave task out, or train a new project.';
+        END IF;
+    END IF;
+    IF relation IS NULL THEN
+        -- PostgresML trains on the project's last snapshot: the same data, split the same way.
+        IF current.id IS NULL THEN
+            RAISE EXCEPTION 'project "%" has no training data yet', project
+                USING ERRCODE = '22023',
+                      HINT = format('Give relation_name and y_column_name the first time: SELECT * FROM pgml.train(%L, %L, ''my_table'', ''my_column'').',
+                                    project, run_task);
+        END IF;
+        relation := current.relation;
+        y_column := current.y_column;
+        test_size := current.test_size;
+        test_sampling := current.test_sampling;
+        preprocess := current.preprocess;
+    ELSE
+        test_sampling := CASE test_sampling WHEN 'stratified' THEN 'random' ELSE test_sampling END;
+        preprocess := nullif(preprocess, '{}');
+    END IF;
+    IF run_task IN ('regression', 'classification') AND y_column IS NULL THEN
+        RAISE EXCEPTION 'a % project needs y_column_name, the column to predict', run_task
+            USING ERRCODE = '22023',
+                  HINT = format('For example: SELECT * FROM pgml.train(%L, %L, %L, ''my_column'').', project, run_task, relation);
+    END IF;
+    -- PostgresML's default algorithm, linear, means its default for the tasks without a y column.
+    IF run_algorithm = 'linear' THEN
+        run_algorithm := CASE run_task WHEN 'clustering' THEN 'kmeans' WHEN 'decomposition' THEN 'pca' ELSE 'linear' END;
+    END IF;
+
+    INSERT INTO pgml.training_runs (relation, y_column, algorithm, name, task, hyperparams, search,
+                                    search_params, search_folds, search_args, preprocess, test_size,
+                                    test_sampling, deploy)
+    VALUES (relation, y_column, run_algorithm, model, run_task, nullif(hyperparams, '{}'), search,
+            CASE WHEN search IS NULL AND search_params = '{}' THEN NULL ELSE search_params END, search_folds,
+            nullif(search_args, '{}'), preprocess, test_size, test_sampling, coalesce(automatic_deploy, true))
+    RETURNING training_runs.id INTO new_id;
+
+    INSERT INTO pgml._requests (action, arguments)
+    VALUES ('record_project', jsonb_build_object('name', project, 'task', run_task, 'model', model,
+                                                 'relation', pgml._qualified(relation::regclass), 'y_column', y_column,
+                                                 'test_size', test_size, 'test_sampling', test_sampling,
+                                                 'preprocess', preprocess));
+    RETURN QUERY SELECT new_id, project, run_task, run_algorithm, coalesce(pgml._find(model) = pgml._find(new_id), false);
+END
+$$;
