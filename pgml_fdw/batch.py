@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from itertools import repeat
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .columns import FeatureColumn
 from .connection import ServerConnection
@@ -40,9 +40,12 @@ def _fields(server: ServerConnection, model: Model, relation: str,
 Scored = Tuple[Optional[List[Any]], List[Prediction], Optional[List[List[float]]]]
 
 
-def score_relation(server: ServerConnection, model: Model, relation: str, key_column: Optional[str]) -> Scored:
+def score_relation(server: ServerConnection, model: Model, relation: str, key_column: Optional[str],
+                   release: Callable[[], None]) -> Scored:
     """Every row of the relation's prediction and, if key_column is given, its key (else None);
     for a decomposition model, no prediction (all None) but its components (else None).
+    ``release`` closes the backend's connections back once nothing more is read through them: while
+    the worker scores, its own read is the statement's only connection back.
 
     The relation is read and scored in a worker process (:mod:`isolation`): a cancel or a statement
     timeout stops a slow view at once, and a relation too big for memory costs the worker, not
@@ -62,6 +65,7 @@ def score_relation(server: ServerConnection, model: Model, relation: str, key_co
     # scikit-learn imported (as later batches of this connection do), and reads nothing through this
     # backend's own connection.
     model.load_estimator()
+    release()
     # Read with the privileges of the role the statement runs as (current_user, after SET ROLE too).
     return isolation.run(_score_in_worker, server.dsn, backend.current_user(), rows[0][0], model, fields,
                          key_column is not None, memory_limit=training_budget(0), on_abandon=server.terminate,

@@ -399,7 +399,8 @@ class Predictions(_Table):
         relation, key_column = wanted["relation"], wanted.get("key_column")
         batch = (model.model_id, relation, key_column)
         if batch not in self._batches:
-            keys, predictions, components = score_relation(self.services.reading, model, relation, key_column)
+            keys, predictions, components = score_relation(self.services.reading, model, relation, key_column,
+                                                               release=self.services.close)
             constant = {"model": ref, "relation": relation, "key_column": key_column, "version": model.version,
                         "context": wanted.get("context")}
             self._batches[batch] = list(as_rows(self.column_order, constant, keys, predictions, components))

@@ -271,7 +271,7 @@ BEGIN
         SELECT string_agg(DISTINCT n.owner, ', ') INTO depending
         FROM pgml.model_versions m JOIN pgml.model_names n ON n.name = m.name
         WHERE (to_regclass(m.relation) = existing.oid OR m.relation = source)
-          AND NOT pg_has_role(requester, n.owner, 'MEMBER');
+          AND NOT pgml._may_manage(n.name, requester);  -- an owner role since dropped counts as another
         IF depending IS NOT NULL THEN
             RAISE EXCEPTION 'cannot load pgml.% again: models of role % were trained on it', source, depending
                 USING ERRCODE = '42501',
@@ -426,5 +426,98 @@ BEGIN
                                                  'test_size', test_size, 'test_sampling', test_sampling,
                                                  'preprocess', preprocess));
     RETURN QUERY SELECT new_id, project, run_task, run_algorithm, coalesce(pgml._find(model) = pgml._find(new_id), false);
+END
+$$;
+
+-------------------------------------------------------------------------------------------------------
+-- PostgresML project names in the rest of pgml_fdw's functions: pgml.predict_proba with jsonb or a
+-- row, pgml.score_table and pgml.score_into take them, as pgml.explain and pgml.decompose do (0.5.0).
+-- pgml.score_into on a hot standby says to run it on the primary, before it resolves anything.
+-------------------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION pgml.predict_proba(model text, features jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE COST 10 SET plan_cache_mode = force_generic_plan SET jit = off AS $$
+DECLARE
+    ref text := pgml._reference(pgml._served_model(model));  -- a PostgresML project's name too
+    answer record;
+BEGIN
+    SELECT p.label, p.probabilities INTO answer
+    FROM pgml.predictions p WHERE p.model = ref AND p.features = predict_proba.features;
+    IF answer.label IS NULL THEN
+        RAISE EXCEPTION 'model "%" is a regression model and has no class probabilities', model
+            USING ERRCODE = '22023', HINT = 'Use pgml.score(model, features) for its prediction.';
+    END IF;
+    IF answer.probabilities IS NULL THEN
+        RAISE EXCEPTION 'the algorithm of model "%" gives no probabilities', model
+            USING ERRCODE = '22023',
+                  HINT = 'Train it with an algorithm that does, for instance linear or random_forest.';
+    END IF;
+    RETURN answer.probabilities;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.score_table(model text, relation regclass, key_column text DEFAULT NULL)
+RETURNS TABLE (key text, prediction double precision, label text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    resolved text := pgml._resolve(pgml._served_model(model));  -- a PostgresML project's name too
+    formula text := pgml._expression(resolved);
+BEGIN
+    IF formula IS NOT NULL THEN
+        RETURN QUERY EXECUTE format('SELECT %s, %s, NULL::text FROM %s',
+                                    CASE WHEN key_column IS NULL THEN 'NULL::text' ELSE format('%I::text', key_column) END,
+                                    formula, relation);
+    ELSIF key_column IS NULL THEN
+        RETURN QUERY SELECT NULL::text, p.prediction, p.label FROM pgml.predictions p
+        WHERE p.model = resolved AND p.relation = pgml._qualified(score_table.relation);
+    ELSE
+        RETURN QUERY SELECT p.key, p.prediction, p.label FROM pgml.predictions p
+        WHERE p.model = resolved AND p.relation = pgml._qualified(score_table.relation)
+          AND p.key_column = score_table.key_column;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.score_into(model text, relation regclass, key_column text, target regclass,
+                                target_key text DEFAULT NULL, target_column text DEFAULT 'prediction')
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    resolved text;
+    formula text;
+    into_key text := coalesce(target_key, key_column);
+    key_type text;
+    value_category "char";
+    written bigint;
+BEGIN
+    -- Before anything else: a standby would get as far as the INSERT, and PostgreSQL's bare error.
+    IF pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'cannot score into a table on a hot standby'
+            USING ERRCODE = '25006',
+                  HINT = 'Run pgml.score_into on the primary; on this standby, read the predictions with pgml.score_table(model, relation, key_column).';
+    END IF;
+    resolved := pgml._resolve(pgml._served_model(model));  -- a PostgresML project's name too
+    formula := pgml._expression(resolved);
+    SELECT format_type(a.atttypid, a.atttypmod) INTO key_type FROM pg_attribute a
+    WHERE a.attrelid = target AND a.attname = into_key AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT t.typcategory INTO value_category FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    WHERE a.attrelid = target AND a.attname = target_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF key_type IS NULL OR value_category IS NULL THEN
+        RAISE EXCEPTION 'table % has no column "%"', target, CASE WHEN key_type IS NULL THEN into_key ELSE target_column END
+            USING ERRCODE = '42703',
+                  HINT = 'score_into writes the key into target_key (by default key_column''s name) and the prediction '
+                         'into target_column (by default "prediction"): name the target''s columns, or add them.';
+    END IF;
+    IF formula IS NOT NULL THEN
+        EXECUTE format('INSERT INTO %s (%I, %I) SELECT %I, %s FROM %s', target, into_key, target_column,
+                       key_column, formula, relation);
+    ELSE
+        EXECUTE format('INSERT INTO %s (%I, %I) SELECT p.key::%s, p.%s FROM pgml.predictions p '
+                       'WHERE p.model = %L AND p.relation = %L AND p.key_column = %L',
+                       target, into_key, target_column, key_type,
+                       CASE WHEN value_category = 'S' THEN 'label' ELSE 'prediction' END,
+                       resolved, pgml._qualified(relation), key_column);
+    END IF;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    RETURN written;
 END
 $$;
