@@ -132,6 +132,11 @@ class _Table:
         """The scan ended, or its transaction: forget what was kept for it, close connections."""
         self.services.close()
 
+    def end_transaction(self) -> None:
+        """The transaction (or a savepoint of it) ended: models trained in it are committed or gone."""
+        if "store" in self.services.__dict__:  # cached_property keeps what it made there
+            self.services.store.forget_trained()
+
 
 class TrainingRuns(_Table):
     """pgml._training_runs: an inserted row is a training run; the returned row holds its results
@@ -244,8 +249,7 @@ class Expressions(_Table):
 
 class VersionNumbers(_Table):
     """pgml._version_numbers: WHERE name = ... AND at_least = n takes the model name's next version
-    number and commits it at once (:mod:`version_numbers`), so that no id is ever given twice; a
-    NULL version when the caller's transaction must count it itself."""
+    number and commits it at once (:mod:`version_numbers`), so that no id is ever given twice."""
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
         wanted = _equalities(quals)
@@ -449,7 +453,7 @@ class Explanations(_Table):
             rows = [{"error": as_user_error(exc).as_json()}]
         # Every row repeats the conditions as given: PostgreSQL's recheck of them keeps the rows.
         features = wanted.get("features")  # jsonb arrives as text (Multicorn 1.4) or parsed
-        echo = {"model": wanted.get("model"),
+        echo = {"model": wanted.get("model"), "context": wanted.get("context"),
                 "features": features if features is None or isinstance(features, str) else _json_text(features)}
         return [tuple(dict(row, **echo).get(name) for name in self.column_order) for row in rows]
 
@@ -461,7 +465,8 @@ class Explanations(_Table):
         if uid is None or features is None or not UID.match(uid):
             raise PgmlError("pgml._explanations needs WHERE model = (a model's uid) AND features = ...",
                             hint="Call pgml.explain(model, features), which resolves the model's name.")
-        explanation = explain(self.services.store.get(uid, None), features)
+        # The caller's context (0.5.1's view passes it): a uid written by hand must be one it sees.
+        explanation = explain(self.services.store.get(uid, wanted.get("context")), features)
         # The base (the first row) has no value; a feature given as null, the JSON null.
         return [{"feature": row.feature, "value": None if i == 0 else json.dumps(row.value), "imputed": row.imputed,
                  "contribution": row.contribution, "explains": explanation.explains, "label": explanation.label}
@@ -521,12 +526,17 @@ class PgmlWrapper(ForeignDataWrapper):
     def end_scan(self) -> None:
         self.handler.end_scan()
 
+    def commit(self) -> None:
+        self.handler.end_transaction()
+
     def rollback(self) -> None:
         # A scan an error interrupted never reaches end_scan.
         self.handler.end_scan()
+        self.handler.end_transaction()
 
     def sub_rollback(self, level: int) -> None:
         self.handler.end_scan()
+        self.handler.end_transaction()
 
     def get_rel_size(self, quals: List[Any], columns: Any) -> Tuple[int, int]:
         rows, width, self._startup_cost = self.handler.rel_size(quals)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Set, Tuple, Union
 
 from .connection import ServerConnection
 from . import errors, model_format
@@ -52,6 +52,7 @@ class ModelStore:
         self._generation = ""
         self._names: Dict[str, str] = {}  # ref -> uid, valid in self._generation
         self._uids: Dict[str, str] = {}  # uid -> its version's id ("" for none), valid in self._generation
+        self._trained: Set[str] = set()  # uids trained by this backend in its open transaction
         # By uid: stored bytes (trained here, loaded only if scored) or loaded.
         self._models: "OrderedDict[str, Union[bytes, Model]]" = OrderedDict()
 
@@ -59,7 +60,13 @@ class ModelStore:
         """A model this backend just trained: its transaction may score it before committing,
         when no other connection can read it yet. Kept like any other (if the transaction rolls
         back, its uid is never handed over again)."""
+        self._trained.add(uid)
         self._remember(uid, stored)
+
+    def forget_trained(self) -> None:
+        """The transaction that trained models here committed or rolled back (or a savepoint of it
+        did): from now on their uids are served only as committed ones."""
+        self._trained.clear()
 
     def get(self, ref: str, context: Optional[str]) -> Model:
         """The model ``ref`` stands for: a uid, or a name (its deployed version) or an id
@@ -105,8 +112,14 @@ class ModelStore:
     def _visible(self, uid: str, seen: Context) -> bool:
         """Whether ``uid`` names a version in the caller's view: one its own transaction made (its
         context lists it), or a committed one whose id the transaction did not change (delete)."""
-        if uid in seen.changed.values() or _TOO_MANY in seen.changed:
-            return True  # with too many changes to list, only the scoring functions' SQL hands over uids
+        if uid in seen.changed.values():
+            return True
+        if _EVERYTHING in seen.changed:  # the caller truncated the models: none committed is seen
+            return False
+        if _TOO_MANY in seen.changed and uid in self._trained:
+            # Too many changes to list (or a setting forged to say so): the scoring functions' SQL
+            # resolved it, and only a model trained here in this transaction is not committed yet.
+            return True
         self._follow(seen.generation)
         model_id = self._uids.get(uid)
         if model_id is None:
@@ -116,7 +129,7 @@ class ModelStore:
             model_id = model_id or ""
             if now == seen.generation:
                 self._uids[uid] = model_id
-        return bool(model_id) and model_id not in seen.changed and _EVERYTHING not in seen.changed
+        return bool(model_id) and model_id not in seen.changed
 
     def _resolve(self, ref: str, generation: str) -> str:
         """The uid of ``ref`` as committed now, kept if the store's generation is the caller's."""

@@ -9,9 +9,6 @@ so numbers follow each other; a run that fails or rolls back leaves a gap, as a 
 """
 from __future__ import annotations
 
-from typing import Optional
-
-from . import errors, libpq
 from .connection import ServerConnection
 
 # One statement, so one transaction of its own on the autocommit connection.
@@ -19,15 +16,8 @@ _TAKE = ("INSERT INTO pgml.version_numbers AS v (name, last) VALUES (%s, %s) "
          "ON CONFLICT (name) DO UPDATE SET last = greatest(v.last + 1, EXCLUDED.last) RETURNING v.last")
 
 
-def take(server: ServerConnection, name: str, at_least: int) -> Optional[int]:
+def take(server: ServerConnection, name: str, at_least: int) -> int:
     """The next version number of the model ``name``: ``at_least`` or more, and more than any number
-    the name was ever given; recorded and committed before this returns. None when this connection
-    cannot see the numbers: the caller's transaction created the extension (or updated it) and has
-    not committed, so that it is the one to count them (all of it rolls back, or none)."""
-    try:
-        (version,), = server.fetch(_TAKE, (name, at_least))
-    except libpq.Error as exc:
-        if exc.sqlstate == errors.UNDEFINED_TABLE:
-            return None
-        raise
+    the name was ever given; recorded and committed before this returns."""
+    (version,), = server.fetch(_TAKE, (name, at_least))
     return int(version)

@@ -39,24 +39,35 @@ ALTER FOREIGN TABLE pgml._version_numbers ENABLE ALWAYS TRIGGER refuse_writes;
 
 -- The next version number of a model name, for pgml._train, which holds the name's lock: runs of a
 -- name take their numbers one after the other. In the transaction that creates or updates the
--- extension, the wrapper's connection cannot see pgml.version_numbers yet (the version is NULL):
--- that transaction counts the number itself, since if it rolls back, nothing of it remains.
+-- extension (its pg_extension row, visible here, is still in progress: it can only be this
+-- transaction's), the wrapper's connection cannot see pgml.version_numbers, nor the role it logs in
+-- as on a new cluster: that transaction counts the number itself; if it rolls back, nothing of it
+-- remains (a savepoint rolled back inside it gives its numbers back).
 CREATE FUNCTION pgml._take_version(model_name text) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     least_version integer := (SELECT n.versions + 1 FROM pgml.model_names n WHERE n.name = model_name);
+    -- The row's 32-bit xmin, with the epoch it was written in (this one, or the one before).
+    installing boolean := (SELECT coalesce(txid_status(CASE WHEN x <= now % 4294967296 THEN (now >> 32 << 32) + x
+                                                            ELSE ((now >> 32) - 1 << 32) + x END) = 'in progress', false)
+                           FROM (SELECT txid_current() AS now, e.xmin::text::bigint AS x
+                                 FROM pg_extension e WHERE e.extname = 'pgml_fdw') t);
     taken record;
 BEGIN
+    IF installing THEN
+        INSERT INTO pgml.version_numbers AS v (name, last) VALUES (model_name, least_version)
+        ON CONFLICT (name) DO UPDATE SET last = greatest(v.last + 1, EXCLUDED.last)
+        RETURNING v.last INTO taken;
+        RETURN taken.last;
+    END IF;
     SELECT v.version, v.error INTO taken FROM pgml._version_numbers v
     WHERE v.name = model_name AND v.at_least = least_version;
     PERFORM pgml._check(taken.error);
-    IF taken.version IS NOT NULL THEN
-        RETURN taken.version;
+    IF taken.version IS NULL THEN
+        RAISE EXCEPTION 'pgml_fdw failed unexpectedly: no version number came back for model "%"', model_name
+            USING ERRCODE = 'XX000', HINT = 'This is a bug in pgml_fdw: please report it with the server log.';
     END IF;
-    INSERT INTO pgml.version_numbers AS v (name, last) VALUES (model_name, least_version)
-    ON CONFLICT (name) DO UPDATE SET last = greatest(v.last + 1, EXCLUDED.last)
-    RETURNING v.last INTO taken;
-    RETURN taken.last;
+    RETURN taken.version;
 END
 $$;
 REVOKE ALL ON FUNCTION pgml._take_version(text) FROM PUBLIC;
@@ -183,7 +194,8 @@ $$;
 -- wrapper uids they resolved in the caller's snapshot; a backend caches models by uid, so a uid
 -- written into a query by hand (it is in pgml.model_versions) could reach a model that was deleted,
 -- or trained in a transaction that rolled back, and that this backend still held. pgml.predictions
--- checks its uids in the wrapper (pgml_fdw/store.py); the two views below, here.
+-- and pgml._model_explanations check their uids in the wrapper (pgml_fdw/store.py);
+-- pgml._model_expressions, here.
 -------------------------------------------------------------------------------------------------------
 
 -- 0 when model is not a uid, or the uid of a version the caller's snapshot holds; else raises.
@@ -199,12 +211,16 @@ BEGIN
 END
 $$;
 
--- 0.5.0's views, with that check first (both return a few rows: it costs nothing to speak of).
+-- pgml._model_explanations is no security barrier (see 0.5.0): a check in its conditions could run
+-- after a caller's own. It hands the wrapper the caller's context, as pgml.predictions does, and
+-- the wrapper checks the uid before it explains anything.
+ALTER FOREIGN TABLE pgml._explanations ADD COLUMN context text;
 CREATE OR REPLACE VIEW pgml._model_explanations AS
 SELECT e.model, e.features, e.feature, e.value, e.imputed, e.contribution, e.explains, e.label
 FROM pgml._explanations e
-WHERE pgml._may_explain() = 0 AND pgml._check_uid(e.model) = 0 AND pgml._check(e.error) = 0;
+WHERE e.context = (SELECT pgml._context()) AND pgml._may_explain() = 0 AND pgml._check(e.error) = 0;
 
+-- A security barrier: its conditions run before any of the caller's.
 CREATE OR REPLACE VIEW pgml._model_expressions WITH (security_barrier) AS
 SELECT e.model, e.expression, e.error FROM pgml._expressions e
 WHERE CASE WHEN has_table_privilege('pgml.predictions', 'SELECT') THEN 0 END = 0
@@ -221,7 +237,9 @@ WHERE CASE WHEN has_table_privilege('pgml.predictions', 'SELECT') THEN 0 END = 0
 -------------------------------------------------------------------------------------------------------
 ALTER TABLE pgml.dataset_tables ADD COLUMN relation regclass;
 COMMENT ON COLUMN pgml.dataset_tables.relation IS 'The table load_dataset made: only that table, not another of its name, may be replaced.';
-UPDATE pgml.dataset_tables t SET relation = to_regclass(format('pgml.%I', t.name));
+UPDATE pgml.dataset_tables t SET relation = c.oid
+FROM pg_class c, pg_extension e
+WHERE c.oid = to_regclass(format('pgml.%I', t.name)) AND e.extname = 'pgml_fdw' AND c.relowner = e.extowner;
 
 -- 0.5.0's pgml._load_dataset, with both rules.
 CREATE OR REPLACE FUNCTION pgml._load_dataset(arguments jsonb, requester name) RETURNS jsonb
@@ -268,10 +286,12 @@ BEGIN
         END IF;
         -- Models of other roles trained on it must keep their data: reloading it (with a limit, say)
         -- would change what their next training of the same data learns, and auto-deploys.
+        -- (Relations as training recorded them: schema-qualified, as load_dataset's tables are named.)
         SELECT string_agg(DISTINCT n.owner, ', ') INTO depending
-        FROM pgml.model_versions m JOIN pgml.model_names n ON n.name = m.name
-        WHERE (to_regclass(m.relation) = existing.oid OR m.relation = source)
-          AND NOT pgml._may_manage(n.name, requester);  -- an owner role since dropped counts as another
+        FROM pgml.model_names n
+        WHERE NOT pgml._may_manage(n.name, requester)  -- an owner role since dropped counts as another
+          AND (EXISTS (SELECT FROM pgml.model_versions m WHERE m.name = n.name AND to_regclass(m.relation) = existing.oid)
+               OR EXISTS (SELECT FROM pgml.project_names p WHERE p.model = n.name AND to_regclass(p.relation) = existing.oid));
         IF depending IS NOT NULL THEN
             RAISE EXCEPTION 'cannot load pgml.% again: models of role % were trained on it', source, depending
                 USING ERRCODE = '42501',

@@ -91,6 +91,45 @@ def test_deleted_model_is_not_explained_by_uid_from_a_backends_cache(db: Session
         assert caught.value.pgcode == "42704", caught.value.pgerror
 
 
+def test_a_forged_context_does_not_unlock_a_deleted_models_uid(db: Session, audit_roles) -> None:
+    """pgml.changed is a setting any role may write: saying "too many changes to list" ('!') must
+    not let a uid written by hand reach a model this backend still holds after its deletion."""
+    as_alice, _, _, _ = audit_roles
+    as_alice.one("SELECT pgml.train('aud_line', 'y', name => 'aud_forged')")
+    uid = as_alice.one("SELECT pgml._find('aud_forged')")
+    assert as_alice.one("SELECT pgml.score('aud_forged', 2.0)") == pytest.approx(7, abs=0.05)  # cached now
+    db.run("DELETE FROM pgml.model_names WHERE name = 'aud_forged'")
+    session = as_alice
+    session.conn.autocommit = False
+    session.one("SELECT txid_current()")
+    session.one("SELECT set_config('pgml.changed', txid_current()::text || ' !', true)")
+    with pytest.raises(psycopg2.Error) as caught:
+        rows = session.rows("SELECT prediction FROM pgml.predictions WHERE model = %s AND features = '[2]'", (uid,))
+        raise AssertionError(f"the deleted model was served by uid under a forged context: {rows}")
+    assert caught.value.pgcode == "42704", caught.value.pgerror
+    session.conn.rollback()
+    session.conn.autocommit = True
+
+
+def test_a_callers_own_condition_sees_no_explanation_of_a_deleted_model(db: Session, audit_roles) -> None:
+    """pgml._model_explanations is no security barrier: a cheap condition of the caller's could run
+    before a check in the view's. The wrapper checks the uid before it explains anything."""
+    as_alice, _, alice, _ = audit_roles
+    as_alice.one("SELECT pgml.train('aud_line', 'y', name => 'aud_leaky')")
+    uid = as_alice.one("SELECT pgml._find('aud_leaky')")
+    assert len(as_alice.rows("SELECT * FROM pgml.explain('aud_leaky', '[2]'::jsonb)")) == 2  # cached now
+    as_alice.run("CREATE FUNCTION pg_temp.seen(c float8) RETURNS boolean LANGUAGE plpgsql COST 0.0001 AS "
+                 "$$ BEGIN RAISE NOTICE 'seen %', c; RETURN true; END $$")
+    db.run("DELETE FROM pgml.model_names WHERE name = 'aud_leaky'")
+    as_alice.conn.notices.clear()
+    error = as_alice.error("SELECT 1 FROM pgml._model_explanations WHERE pg_temp.seen(contribution) "
+                           "AND model = %s AND features = '[2]'", (uid,))
+    assert error.pgcode == "42704", error.pgerror
+    # At most the error row went by, which holds no contribution.
+    assert [n.strip() for n in as_alice.conn.notices if "seen" in n] in ([], ["NOTICE:  seen <NULL>"]), \
+        as_alice.conn.notices
+
+
 # --------------------------------------------------------------------------------------------------
 # Rule 2: a role with the documented grants cannot change what another role's application is served
 # --------------------------------------------------------------------------------------------------
@@ -120,14 +159,10 @@ def test_dataset_loader_cannot_change_what_another_roles_project_serves(db: Sess
     project = f"Iris {TOKEN}"
     as_alice.one("SELECT * FROM pgml.train(%s, 'classification'::pgml.task, 'pgml.iris', 'target')", (project,))
     assert as_alice.one(f"SELECT pgml.predict(%s, {VIRGINICA})", (project,)) == 2.0
-    try:
-        as_mallory.rows("SELECT * FROM pgml.load_dataset('iris', \"limit\" => 100)")
-    except psycopg2.Error:  # refusing the reload is one way to keep the rule
-        pass
-    try:
-        as_alice.one("SELECT * FROM pgml.train(%s)", (project,))
-    except psycopg2.Error:  # so is refusing the retrain on data another role changed
-        pass
+    error = as_mallory.error("SELECT * FROM pgml.load_dataset('iris', \"limit\" => 100)")
+    assert error.pgcode == "42501" and "were trained on it" in error.pgerror, error.pgerror
+    assert as_mallory.one("SELECT count(*) FROM pgml.iris") == 150
+    as_alice.one("SELECT * FROM pgml.train(%s)", (project,))
     assert as_alice.one(f"SELECT pgml.predict(%s, {VIRGINICA})", (project,)) == 2.0, \
         "mallory's reload of pgml.iris changed the model alice's project serves"
 
@@ -155,7 +190,7 @@ def test_other_roles_cannot_read_a_projects_training_data(db: Session, audit_rol
             else:
                 assert leaked == [(None, None, None)], f"another role reads the project's training data: {leaked}"
         error = as_mallory.error("SELECT * FROM pgml.train(%s)", (project,))
-        assert "aud_line" not in error.pgerror, error.pgerror
+        assert error.pgcode == "42501" and "aud_line" not in error.pgerror, error.pgerror
     finally:
         as_nobody.close()
 

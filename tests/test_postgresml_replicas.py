@@ -151,8 +151,8 @@ def test_postgresml_read_forms_answer_on_the_standby_as_on_the_primary(
 
 def test_score_table_by_project_name_on_the_primary_and_the_standby(
         db: Session, standby: Standby, project: str) -> None:
-    """pgml.explain and pgml.decompose take a project's name (0.5.0); pgml.score_table, the batch
-    form of pgml.predict, does not: 42704 'no model named' on the primary and the standby alike."""
+    """pgml.score_table takes a project's name, as pgml.explain and pgml.decompose do, on the
+    primary and the standby alike (0.5.0 said 42704 'no model named')."""
     two_algorithms(db, project)
     make_table(db, "audit_plane_keyed", "id int, a float8, b float8",
                [(i, a, b) for i, (a, b, _) in enumerate(plane_rows(3, 2))])
@@ -168,8 +168,7 @@ def test_score_table_by_project_name_on_the_primary_and_the_standby(
 def test_predict_proba_of_a_row_by_project_name_on_the_primary_and_the_standby(
         db: Session, standby: Standby, project: str) -> None:
     """README, Coming from PostgresML: pgml.predict_proba('P', ...) with 'jsonb or a row' gives
-    pgml_fdw's {class: probability}. By a project's name those reach 0.1.0's
-    predict_proba(model, features), which resolves model names only: 42704 'no model named'."""
+    pgml_fdw's {class: probability}, by a project's name too (0.5.0 said 42704 'no model named')."""
     make_table(db, "audit_classes", "a float8, b float8, label int", class_rows())
     db.rows("SELECT * FROM pgml.train(%s, 'classification', 'audit_classes', 'label', 'random_forest')", (project,))
     catch_up(db, standby)
