@@ -64,6 +64,11 @@ class _Services:
             if made in self.__dict__:  # cached_property keeps what it made there
                 self.__dict__[made].close()
 
+    def end_transaction(self) -> None:
+        """The transaction (or a savepoint of it) ended: models trained in it are committed or gone."""
+        if "store" in self.__dict__:
+            self.store.forget_trained()
+
 
 def _services(options: Dict[str, str]) -> _Services:
     key = tuple(sorted(options.items()))
@@ -131,11 +136,6 @@ class _Table:
     def end_scan(self) -> None:
         """The scan ended, or its transaction: forget what was kept for it, close connections."""
         self.services.close()
-
-    def end_transaction(self) -> None:
-        """The transaction (or a savepoint of it) ended: models trained in it are committed or gone."""
-        if "store" in self.services.__dict__:  # cached_property keeps what it made there
-            self.services.store.forget_trained()
 
 
 class TrainingRuns(_Table):
@@ -232,19 +232,21 @@ class Datasets(_Table):
 
 
 class Expressions(_Table):
-    """pgml._expressions: WHERE model = uid gives the model's prediction as a SQL expression over
-    its feature columns, or NULL when it has none (:mod:`sql_form`)."""
+    """pgml._expressions: WHERE model = uid (AND context = the caller's, from 0.5.1's view) gives the
+    model's prediction as a SQL expression over its feature columns, or NULL when it has none
+    (:mod:`sql_form`)."""
 
     def execute(self, quals: List[Any], columns: Any) -> Iterable[Dict[str, Any]]:
-        uid = _equalities(quals).get("model")
+        wanted = _equalities(quals)
+        uid, context = wanted.get("model"), wanted.get("context")
         if uid is None:
             return
         try:
             from .sql_form import expression
 
-            yield {"model": uid, "expression": expression(self.services.store.get(uid, None))}
+            yield {"model": uid, "context": context, "expression": expression(self.services.store.get(uid, context))}
         except Exception as exc:  # noqa: BLE001 - handed back to pgml.score_table and score_into, which raise it
-            yield {"model": uid, "error": as_user_error(exc).as_json()}
+            yield {"model": uid, "context": context, "error": as_user_error(exc).as_json()}
 
 
 class VersionNumbers(_Table):
@@ -527,16 +529,16 @@ class PgmlWrapper(ForeignDataWrapper):
         self.handler.end_scan()
 
     def commit(self) -> None:
-        self.handler.end_transaction()
+        self.handler.services.end_transaction()
 
     def rollback(self) -> None:
         # A scan an error interrupted never reaches end_scan.
         self.handler.end_scan()
-        self.handler.end_transaction()
+        self.handler.services.end_transaction()
 
     def sub_rollback(self, level: int) -> None:
         self.handler.end_scan()
-        self.handler.end_transaction()
+        self.handler.services.end_transaction()
 
     def get_rel_size(self, quals: List[Any], columns: Any) -> Tuple[int, int]:
         rows, width, self._startup_cost = self.handler.rel_size(quals)

@@ -123,21 +123,26 @@ class ModelStore:
         self._follow(seen.generation)
         model_id = self._uids.get(uid)
         if model_id is None:
-            (model_id, now), = self.server.fetch(
-                "SELECT (SELECT m.id FROM pgml.model_versions m WHERE m.uid = %s::uuid), "
-                "(SELECT generation::text FROM pgml._generation ORDER BY id DESC LIMIT 1)", (uid,))
-            model_id = model_id or ""
+            found, now = self._committed("(SELECT m.id FROM pgml.model_versions m WHERE m.uid = %s::uuid)", uid)
+            model_id = found or ""
             if now == seen.generation:
                 self._uids[uid] = model_id
         return bool(model_id) and model_id not in seen.changed
 
     def _resolve(self, ref: str, generation: str) -> str:
         """The uid of ``ref`` as committed now, kept if the store's generation is the caller's."""
-        (uid, now), = self.server.fetch(
-            "SELECT pgml._find(%s), (SELECT generation::text FROM pgml._generation ORDER BY id DESC LIMIT 1)", (ref,))
+        uid, now = self._committed("pgml._find(%s)", ref)
         if uid is not None and now == generation:
             self._names[ref] = uid
         return uid or ""
+
+    def _committed(self, expression: str, value: str) -> Tuple[Optional[str], str]:
+        """``expression`` (with one ``%s``, for ``value``) as committed now, and the generation of
+        the model store it was read in: a caller may keep it for that generation only."""
+        (found, now), = self.server.fetch(
+            f"SELECT {expression}, (SELECT generation::text FROM pgml._generation ORDER BY id DESC LIMIT 1)",
+            (value,))
+        return found, now
 
     def _load(self, uid: str, ref: str) -> Model:
         model = self._models.get(uid)

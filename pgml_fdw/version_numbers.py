@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from .connection import ServerConnection
 
-# One statement, so one transaction of its own on the autocommit connection.
-_TAKE = ("INSERT INTO pgml.version_numbers AS v (name, last) VALUES (%s, %s) "
-         "ON CONFLICT (name) DO UPDATE SET last = greatest(v.last + 1, EXCLUDED.last) RETURNING v.last")
+# The extension's numbering rule; one statement, so one transaction of its own on the autocommit
+# connection.
+_TAKE = "SELECT pgml._next_version_number(%s, %s::integer)"
 
 
 def take(server: ServerConnection, name: str, at_least: int) -> int:

@@ -25,6 +25,18 @@ SELECT pg_catalog.pg_extension_config_dump('pgml.version_numbers', '');
 -- The role that loads models takes the numbers (its own connection commits them).
 GRANT SELECT, INSERT, UPDATE ON pgml.version_numbers TO pgml_fdw;
 
+-- The numbering rule, in one place: records and returns a name's next number, at_least or more and
+-- more than any it was given, in the transaction that calls it (the wrapper's own, which commits at
+-- once; or the one that creates the extension, see pgml._take_version).
+CREATE FUNCTION pgml._next_version_number(model_name text, at_least integer) RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO pgml.version_numbers AS v (name, last) VALUES (model_name, at_least)
+    ON CONFLICT (name) DO UPDATE SET last = greatest(v.last + 1, EXCLUDED.last)
+    RETURNING v.last
+$$;
+REVOKE ALL ON FUNCTION pgml._next_version_number(text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgml._next_version_number(text, integer) TO pgml_fdw;
+
 -- WHERE name = ... AND at_least = n takes the name's next number: n or more, and more than any it
 -- was given; committed when the row is read, whatever becomes of the reader's transaction.
 CREATE FOREIGN TABLE pgml._version_numbers (
@@ -55,10 +67,7 @@ DECLARE
     taken record;
 BEGIN
     IF installing THEN
-        INSERT INTO pgml.version_numbers AS v (name, last) VALUES (model_name, least_version)
-        ON CONFLICT (name) DO UPDATE SET last = greatest(v.last + 1, EXCLUDED.last)
-        RETURNING v.last INTO taken;
-        RETURN taken.last;
+        RETURN pgml._next_version_number(model_name, least_version);
     END IF;
     SELECT v.version, v.error INTO taken FROM pgml._version_numbers v
     WHERE v.name = model_name AND v.at_least = least_version;
@@ -193,38 +202,23 @@ $$;
 -- A uid given by hand names only a version the caller can see. The scoring functions hand the
 -- wrapper uids they resolved in the caller's snapshot; a backend caches models by uid, so a uid
 -- written into a query by hand (it is in pgml.model_versions) could reach a model that was deleted,
--- or trained in a transaction that rolled back, and that this backend still held. pgml.predictions
--- and pgml._model_explanations check their uids in the wrapper (pgml_fdw/store.py);
--- pgml._model_expressions, here.
+-- or trained in a transaction that rolled back, and that this backend still held. Like
+-- pgml.predictions, the two views below hand the wrapper the caller's context, and the wrapper
+-- checks the uid before it explains anything or writes its SQL (pgml_fdw/store.py): a check in
+-- pgml._model_explanations' own conditions could run after a caller's (it is no security barrier,
+-- see 0.5.0).
 -------------------------------------------------------------------------------------------------------
-
--- 0 when model is not a uid, or the uid of a version the caller's snapshot holds; else raises.
-CREATE FUNCTION pgml._check_uid(model text) RETURNS integer
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF model ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-       AND NOT EXISTS (SELECT FROM pgml.model_versions m WHERE m.uid = model::uuid) THEN
-        RAISE EXCEPTION 'no model "%"', model
-            USING ERRCODE = '42704', HINT = 'List the models: SELECT id, deployed FROM pgml.models.';
-    END IF;
-    RETURN 0;
-END
-$$;
-
--- pgml._model_explanations is no security barrier (see 0.5.0): a check in its conditions could run
--- after a caller's own. It hands the wrapper the caller's context, as pgml.predictions does, and
--- the wrapper checks the uid before it explains anything.
 ALTER FOREIGN TABLE pgml._explanations ADD COLUMN context text;
 CREATE OR REPLACE VIEW pgml._model_explanations AS
 SELECT e.model, e.features, e.feature, e.value, e.imputed, e.contribution, e.explains, e.label
 FROM pgml._explanations e
 WHERE e.context = (SELECT pgml._context()) AND pgml._may_explain() = 0 AND pgml._check(e.error) = 0;
 
--- A security barrier: its conditions run before any of the caller's.
+ALTER FOREIGN TABLE pgml._expressions ADD COLUMN context text;
 CREATE OR REPLACE VIEW pgml._model_expressions WITH (security_barrier) AS
 SELECT e.model, e.expression, e.error FROM pgml._expressions e
 WHERE CASE WHEN has_table_privilege('pgml.predictions', 'SELECT') THEN 0 END = 0
-  AND pgml._check_uid(e.model) = 0;
+  AND e.context = (SELECT pgml._context());
 
 -------------------------------------------------------------------------------------------------------
 -- Datasets loaded by one role, trained on by others (pgml.load_dataset, 0.5.0).
